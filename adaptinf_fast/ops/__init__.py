@@ -1,0 +1,1 @@
+"""One folder per op: ``__init__`` (public function), ``reference.py`` (plain torch), kernels."""

@@ -1,0 +1,174 @@
+"""Within-cluster redundancy: max similarity to an earlier sample, SemDeDup and Adapt-∞ pruning (§4.3)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ... import _validate
+from ...backends import resolve
+from ...selection.budget import split_budget
+
+ORDERS = ("hard", "easy", "random", "index")
+
+
+def _labels(labels: Any, n: int) -> torch.Tensor:
+    labels = _validate.int_vector(labels, "labels", n)
+    if n and labels.min() < 0:
+        raise ValueError("labels must be >= 0 (cluster ids; need not be contiguous)")
+    return labels
+
+
+def _normalized(x: torch.Tensor) -> torch.Tensor:
+    # fp32 arithmetic whatever the input dtype, so fp16 rows that are not exactly unit-norm are fine.
+    return torch.nn.functional.normalize(x.to(torch.float32), dim=1)
+
+
+def cluster_max_similarity(x: Any, labels: Any, *, order: Any = None, nonfinite: str = "raise", backend: str = "auto"):
+    """For every sample j, the largest cosine similarity M_j to a sample of its cluster that comes
+    earlier in ``order``, and that sample's index.
+
+    Args:
+        x: (N, D) float32/float16/bfloat16; rows are L2-normalised in float32 arithmetic.
+        labels: (N,) integer cluster ids >= 0 (any values, need not be contiguous).
+        order: a permutation of 0..N-1 (default: index order).
+        nonfinite: ``"raise"`` on NaN/Inf rows, or ``"zero"`` them with a warning.
+        backend: ``"auto" | "torch" | "triton" | "cuda"``.
+
+    Returns:
+        (M float32 (N,), index int64 (N,)): M_j is the true maximum (it may be negative); where j has
+        no predecessor in its cluster, M_j = -inf and index = -1. Ties go to the earliest sample.
+    """
+    x = _validate.check_finite(_validate.float_matrix(x, "x"), "x", nonfinite)
+    n = x.shape[0]
+    labels = _labels(labels, n).to(x.device)
+    order = (torch.arange(n) if order is None else _validate.permutation(order, n)).to(x.device)
+    if n == 0:
+        return torch.empty(0, dtype=torch.float32, device=x.device), torch.empty(0, dtype=torch.int64, device=x.device)
+    _, impl = resolve("cluster_max_similarity", backend, x.device)
+    return impl.max_similarity(_normalized(x), labels, order)
+
+
+def semdedup_order(x: Any, labels: Any, mode: str = "hard", *, centroids: Any = None, seed: int = 0) -> torch.Tensor:
+    """SemDeDup's within-cluster order as a permutation of 0..N-1.
+
+    ``"hard"``: descending cosine distance to the cluster centroid (the sample farthest from the
+    centroid comes first and so survives a near-duplicate group); ``"easy"``: ascending;
+    ``"random"``: a seeded random order; ``"index"``: index order. Ties keep index order.
+    ``centroids`` (optional, (L, D) with L > max label) is indexed by label value; by default the
+    centroid is the mean of the cluster's normalised rows.
+    """
+    if mode not in ORDERS:
+        raise ValueError(f"order is {mode!r}; expected one of {ORDERS} or a permutation")
+    x = _validate.float_matrix(x, "x")
+    n = x.shape[0]
+    labels = _labels(labels, n).to(x.device)
+    if mode == "index":
+        return torch.arange(n, device=x.device)
+    if mode == "random":
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(x.device)
+    xn = _normalized(x)
+    if centroids is None:
+        uniq, dense = torch.unique(labels, return_inverse=True)
+        sums = torch.zeros(uniq.numel(), x.shape[1], device=x.device).index_add_(0, dense, xn)
+        cos = (xn * _normalized(sums)[dense]).sum(1)
+    else:
+        c = _validate.float_matrix(centroids, "centroids", shape_hint="(L, D) indexed by label value")
+        if c.shape[1] != x.shape[1]:
+            raise ValueError(f"centroids have D={c.shape[1]} but x has D={x.shape[1]}")
+        if n and c.shape[0] <= int(labels.max()):
+            raise ValueError(f"centroids has {c.shape[0]} rows but labels go up to {int(labels.max())}")
+        cos = (xn * _normalized(c.to(x.device))[labels]).sum(1)
+    key = cos if mode == "hard" else -cos  # hard: largest distance (smallest cos) first
+    return torch.argsort(key, stable=True)
+
+
+def _check_eps(eps: Any) -> list[float]:
+    values = list(eps) if isinstance(eps, (list, tuple)) else [eps]
+    if not values:
+        raise ValueError("eps is an empty list")
+    for e in values:
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 < e < 2.0:
+            raise ValueError(f"eps={e!r} is outside (0, 2); SemDeDup drops j when M_j > 1 - eps")
+    return [float(e) for e in values]
+
+
+def semdedup(
+    x: Any,
+    labels: Any,
+    *,
+    eps: float | Sequence[float],
+    order: Any = "hard",
+    centroids: Any = None,
+    seed: int = 0,
+    exact: bool = True,
+    nonfinite: str = "raise",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """SemDeDup threshold pruning: drop sample j when M_j > 1 - eps (one kernel pass for all eps).
+
+    Args:
+        x: (N, D) float32/float16/bfloat16 embeddings.
+        labels: (N,) cluster ids >= 0.
+        eps: one value or a list, each in (0, 2).
+        order: ``"hard" | "easy" | "random" | "index"`` (see ``semdedup_order``) or a permutation.
+        centroids: optional (L, D) centroids indexed by label value, for "hard"/"easy".
+        seed: seed of ``order="random"``.
+        exact: decisions equal those of float32 arithmetic on the same input values. The torch
+            backend always computes in float32; low-precision kernels re-check rows near 1 - eps.
+        nonfinite, backend: as in ``cluster_max_similarity``.
+
+    Returns:
+        bool keep mask: (N,) for one eps, (len(eps), N) for a list.
+    """
+    eps_list = _check_eps(eps)
+    x = _validate.float_matrix(x, "x")
+    if isinstance(order, str):
+        order = semdedup_order(x, labels, order, centroids=centroids, seed=seed)
+    m, _ = cluster_max_similarity(x, labels, order=order, nonfinite=nonfinite, backend=backend)
+    keep = torch.stack([~(m > 1.0 - e) for e in eps_list])
+    return keep if isinstance(eps, (list, tuple)) else keep[0]
+
+
+def prune_to_budget(max_sim: Any, labels: Any, budget: Any, *, order: Any = None) -> torch.Tensor:
+    """Adapt-∞ permanent pruning: in each cluster keep the ``budget_c`` samples with the lowest M_j.
+
+    Args:
+        max_sim: (N,) M_j from ``cluster_max_similarity`` (-inf allowed, NaN not).
+        labels: (N,) cluster ids >= 0.
+        budget: an int total (split over clusters by DESIGN §4.6, see ``split_budget``) or a
+            per-cluster sequence indexed by label value (len > max label; entries >= 0).
+        order: the permutation M was computed with; ties in M keep the sample earlier in it.
+
+    Returns:
+        bool keep mask (N,).
+    """
+    m = _validate.as_tensor(max_sim, "max_sim")
+    if m.dim() != 1 or not m.dtype.is_floating_point:
+        raise ValueError(f"max_sim must be a 1-D float vector; got shape {tuple(m.shape)}, dtype {m.dtype}")
+    n = m.numel()
+    if torch.isnan(m).any():
+        raise ValueError(f"max_sim has {int(torch.isnan(m).sum())} NaN entries")
+    labels = _labels(labels, n).to(m.device)
+    order = (torch.arange(n) if order is None else _validate.permutation(order, n)).to(m.device)
+    if n == 0:
+        return torch.zeros(0, dtype=torch.bool, device=m.device)
+    uniq, dense = torch.unique(labels, return_inverse=True)
+    sizes = torch.bincount(dense, minlength=uniq.numel())
+    if isinstance(budget, (int,)) and not isinstance(budget, bool):
+        shares = split_budget(sizes.cpu(), budget).to(m.device)
+    else:
+        per = _validate.int_vector(budget, "budget")
+        if per.numel() <= int(uniq.max()):
+            raise ValueError(f"budget has {per.numel()} entries but labels go up to {int(uniq.max())}")
+        if per.min() < 0:
+            raise ValueError("budget entries must be >= 0")
+        shares = per.to(m.device)[uniq]
+    p = order[torch.argsort(m[order], stable=True)]  # by M, ties by position in order
+    p = p[torch.argsort(dense[p], stable=True)]  # then grouped by cluster
+    starts = torch.cumsum(sizes, 0) - sizes
+    pos = torch.arange(n, device=m.device) - starts[dense[p]]
+    keep = torch.zeros(n, dtype=torch.bool, device=m.device)
+    keep[p] = pos < shares[dense[p]]
+    return keep

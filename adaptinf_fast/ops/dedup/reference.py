@@ -1,0 +1,62 @@
+"""Plain-torch within-cluster max similarity (DESIGN §4.3), tiled over each cluster's triangle.
+
+Samples are gathered cluster by cluster (in ``order`` inside each cluster); a row tile of a
+cluster is compared only with the cluster's columns up to that tile, in column chunks, with the
+diagonal chunk masked to strictly earlier samples. Peak extra memory is one ROW_TILE × COL_CHUNK
+block plus O(N): never n_c².
+"""
+
+from __future__ import annotations
+
+import torch
+
+ROW_TILE = 512
+COL_CHUNK = 4096
+
+
+def cluster_offsets(sorted_labels: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each run of equal labels in a label vector sorted by cluster."""
+    _, counts = torch.unique_consecutive(sorted_labels, return_counts=True)
+    ends = torch.cumsum(counts, 0).tolist()
+    return list(zip([0] + ends[:-1], ends))
+
+
+def cluster_major(labels: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Permutation grouping samples by label, in ``order`` within each cluster."""
+    return order[torch.argsort(labels[order], stable=True)]
+
+
+def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor):
+    """For L2-normalised float32 rows ``xn`` (N, D): (M float32 (N,), argmax int64 (N,)).
+
+    M_j is the largest cosine similarity to an earlier (in ``order``) sample of j's cluster, -inf
+    with index -1 when there is none. Ties go to the earliest such sample.
+    """
+    n = xn.shape[0]
+    perm = cluster_major(labels, order)
+    xs = xn[perm]
+    best = torch.full((n,), float("-inf"), dtype=torch.float32, device=xn.device)
+    arg = torch.full((n,), -1, dtype=torch.int64, device=xn.device)
+    for start, end in cluster_offsets(labels[perm]):
+        for r0 in range(start + 1, end, ROW_TILE):  # the cluster's first sample has no predecessor
+            r1 = min(end, r0 + ROW_TILE)
+            rows = xs[r0:r1]
+            tile_best = best[r0:r1]
+            tile_arg = arg[r0:r1]
+            for c0 in range(start, r1 - 1, COL_CHUNK):
+                c1 = min(r1 - 1, c0 + COL_CHUNK)  # columns strictly before the tile's last row
+                sims = rows @ xs[c0:c1].T
+                if c1 > r0:  # diagonal chunk: keep only columns before each row
+                    col = torch.arange(c0, c1, device=xn.device)
+                    row = torch.arange(r0, r1, device=xn.device).unsqueeze(1)
+                    sims.masked_fill_(col >= row, float("-inf"))
+                m, i = sims.max(dim=1)
+                better = m > tile_best
+                tile_best[better] = m[better]
+                tile_arg[better] = i[better] + c0
+    m_out = torch.empty_like(best)
+    m_out[perm] = best
+    arg_out = torch.full_like(arg, -1)
+    has = arg >= 0
+    arg_out[perm[has]] = perm[arg[has]]
+    return m_out, arg_out

@@ -1,0 +1,47 @@
+"""Centroid initialisation: greedy k-means++ (as scikit-learn) on an optional subsample, or random."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def default_init_size(n: int, k: int) -> int:
+    """k-means++ runs on at most max(10_000, 20·K) random points (all points when N is smaller)."""
+    return min(n, max(10_000, 20 * k))
+
+
+def _sqdist(a: torch.Tensor, x: torch.Tensor, x_sqnorm: torch.Tensor) -> torch.Tensor:
+    """Squared L2 distances (len(a), N) between rows of a and rows of x, clamped at 0."""
+    return (a.pow(2).sum(1, keepdim=True) - 2.0 * (a @ x.T) + x_sqnorm).clamp_min_(0.0)
+
+
+def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator, init_size: int) -> torch.Tensor:
+    """Greedy k-means++: each step samples 2 + ⌊ln K⌋ candidates ∝ D² and keeps the one that lowers
+    the potential most (Arthur & Vassilvitskii 2007; scikit-learn's variant). float32 (K, D)."""
+    n = x.shape[0]
+    if init_size < n:
+        x = x[torch.randperm(n, generator=generator)[:init_size].to(x.device)]
+        n = init_size
+    trials = 2 + int(math.log(k))
+    x_sqnorm = x.pow(2).sum(1)
+    centers = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
+    first = int(torch.randint(n, (1,), generator=generator))
+    centers[0] = x[first]
+    closest = _sqdist(x[first : first + 1], x, x_sqnorm)[0].double()
+    pot = closest.sum()
+    for c in range(1, k):
+        targets = torch.rand(trials, generator=generator, dtype=torch.float64).to(x.device) * pot
+        cand = torch.searchsorted(torch.cumsum(closest, 0), targets).clamp_(max=n - 1)
+        d = torch.minimum(closest, _sqdist(x[cand], x, x_sqnorm).double())
+        pots = d.sum(1)
+        best = int(torch.argmin(pots))
+        closest, pot = d[best], pots[best]
+        centers[c] = x[cand[best]]
+    return centers
+
+
+def random_init(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """K distinct rows chosen uniformly at random."""
+    return x[torch.randperm(x.shape[0], generator=generator)[:k].to(x.device)].clone()
