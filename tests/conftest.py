@@ -1,0 +1,61 @@
+"""Shared fixtures.
+
+* Triton switch: with no CUDA device, ``TRITON_INTERPRET=1`` is set before anything imports
+  Triton, so Triton kernels run on CPU tensors (explicit ``backend="triton"`` only).
+* ``rng``: a fresh random seed on every run (printed on failure) for property tests; comparisons
+  with scikit-learn use their own fixed data and seeds.
+* NaN fill (autouse): fresh float allocations from ``torch.empty``/``empty_like`` are filled with
+  NaN, so code that forgets to write an element produces NaN and fails.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+CUDA = torch.cuda.is_available()
+DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the GPU machine)")
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def rng(request) -> torch.Generator:
+    seed = random.SystemRandom().randrange(2**31)
+    request.node.user_properties.append(("seed", seed))
+    print(f"[rng seed {seed}]")
+    return torch.Generator().manual_seed(seed)
+
+
+_real_empty, _real_empty_like = torch.empty, torch.empty_like
+
+
+def _nan_empty(*args, **kwargs):
+    t = _real_empty(*args, **kwargs)
+    if t.dtype.is_floating_point:
+        t.fill_(float("nan"))
+    return t
+
+
+def _nan_empty_like(*args, **kwargs):
+    t = _real_empty_like(*args, **kwargs)
+    if t.dtype.is_floating_point:
+        t.fill_(float("nan"))
+    return t
+
+
+@pytest.fixture(autouse=True)
+def nan_fill(monkeypatch):
+    monkeypatch.setattr(torch, "empty", _nan_empty)
+    monkeypatch.setattr(torch, "empty_like", _nan_empty_like)
+    yield
