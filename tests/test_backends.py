@@ -1,0 +1,57 @@
+"""Backend registry and dispatch (DESIGN §3)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import adaptinf_fast as af
+from adaptinf_fast import backends
+
+
+def test_available_backends_lists_every_op_with_torch():
+    avail = af.available_backends("cpu")
+    assert set(avail) == {"project", "kmeans_assign", "cluster_max_similarity"}
+    assert all("torch" in v for v in avail.values())
+    assert all("cuda" not in v for v in avail.values())  # CUDA kernels never take CPU tensors
+
+
+def test_auto_sends_cpu_tensors_to_torch_even_when_interpreting(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert backends.resolve("project", "auto", torch.device("cpu"))[0] == "torch"
+
+
+def test_explicit_missing_backend_is_an_error_naming_what_exists():
+    with pytest.raises(af.BackendUnavailableError, match="no cuda implementation.*implemented: torch"):
+        af.project(torch.randn(2, 3), 4, backend="cuda")
+
+
+def test_environment_variable_is_an_explicit_request(monkeypatch):
+    monkeypatch.setenv("ADAPTINF_BACKEND", "triton")
+    with pytest.raises(af.BackendUnavailableError, match="ADAPTINF_BACKEND='triton'"):
+        af.kmeans_assign(torch.randn(3, 2), torch.randn(2, 2))
+    monkeypatch.setenv("ADAPTINF_BACKEND", "torch")
+    assert af.kmeans_assign(torch.randn(3, 2), torch.randn(2, 2))[0].shape == (3,)
+    # the argument wins over the environment
+    monkeypatch.setenv("ADAPTINF_BACKEND", "triton")
+    assert af.project(torch.randn(1, 3), 2, backend="torch").shape == (1, 2)
+
+
+def test_unusable_backend_reason_names_the_fix(monkeypatch):
+    monkeypatch.setitem(backends._REGISTRY["project"], "triton", "adaptinf_fast.ops.projection.reference")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(af.BackendUnavailableError, match="TRITON_INTERPRET=1"):
+        af.project(torch.randn(1, 3), 2, backend="triton")
+
+
+def test_import_queries_no_gpu_and_no_triton():
+    code = (
+        "import sys, torch\n"
+        "torch.cuda.is_available = lambda: (_ for _ in ()).throw(RuntimeError('GPU queried'))\n"
+        "import adaptinf_fast\n"
+        "assert 'triton' not in sys.modules, 'triton imported at package import'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
