@@ -11,6 +11,7 @@ from .backends import BackendUnavailableError, available_backends
 from .ops.dedup import cluster_max_similarity, prune_to_budget, semdedup, semdedup_order
 from .ops.kmeans import KMeans, kmeans_assign
 from .ops.projection import project, projection_matrix
+from .ops.projection.linear_grads import project_linear_grads
 from .selection.budget import split_budget
 
 try:
@@ -25,6 +26,7 @@ __all__ = [
     "cluster_max_similarity",
     "kmeans_assign",
     "project",
+    "project_linear_grads",
     "projection_matrix",
     "prune_to_budget",
     "semdedup",

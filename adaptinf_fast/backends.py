@@ -24,7 +24,7 @@ _GPU_PREFERENCE = ("cuda", "triton", "torch")
 
 # op -> backend -> module path. A backend is listed only once it is implemented.
 _REGISTRY: dict[str, dict[str, str]] = {
-    "project": {"torch": "adaptinf_fast.ops.projection.reference"},
+    "project": {"torch": "adaptinf_fast.ops.projection.reference", "triton": "adaptinf_fast.ops.projection.triton"},
     "kmeans_assign": {"torch": "adaptinf_fast.ops.kmeans.reference"},
     "cluster_max_similarity": {"torch": "adaptinf_fast.ops.dedup.reference"},
 }

@@ -59,3 +59,18 @@ def nan_fill(monkeypatch):
     monkeypatch.setattr(torch, "empty", _nan_empty)
     monkeypatch.setattr(torch, "empty_like", _nan_empty_like)
     yield
+
+
+def kernel_cases(op: str) -> list:
+    """(backend, device) pairs of the kernels implemented for `op` that can run here: Triton on CPU
+    tensors under the interpreter, Triton and CUDA on a GPU when there is one."""
+    from adaptinf_fast.backends import _why_unusable, implemented_backends
+
+    cases = []
+    for backend in implemented_backends(op):
+        if backend == "torch":
+            continue
+        for dev in DEVICES:
+            if _why_unusable(backend, torch.device(dev)) is None:
+                cases.append(pytest.param(backend, dev, id=f"{backend}-{dev}"))
+    return cases
