@@ -8,6 +8,7 @@ on plain torch (CPU or GPU) without any kernel. Importing the package queries no
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from .backends import BackendUnavailableError, available_backends
+from .features import FeatureSet, GradientFeaturizer
 from .ops.dedup import cluster_max_similarity, prune_to_budget, semdedup, semdedup_order
 from .ops.kmeans import KMeans, kmeans_assign
 from .ops.projection import project, projection_matrix
@@ -21,6 +22,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "BackendUnavailableError",
+    "FeatureSet",
+    "GradientFeaturizer",
     "KMeans",
     "available_backends",
     "cluster_max_similarity",

@@ -1,0 +1,157 @@
+"""Turning pool items into model batches: pre-tokenised rows or LLaVA-style conversation records.
+
+A row is either already tokenised (``input_ids``, ``labels`` with -100 on prompt tokens, optional
+``pixel_values`` for one image) or a LLaVA record ``{"id", "image"?, "conversations": [{"from":
+"human", "value": "<image>\\n..."}, {"from": "gpt", "value": ...}, ...]}``, which needs a tokenizer
+(and, for images, the vision tower's image size). Batches are right-padded, so a sample's positions
+do not depend on its batch. Problems with one item (no response, unreadable image, too long with
+``on_overflow="error"``) are reported for that item and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+log = logging.getLogger("adaptinf_fast")
+IMAGE_PLACEHOLDER = "<image>"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ItemError(ValueError):
+    """A problem with one pool item; it is reported and skipped."""
+
+
+@dataclass
+class Encoder:
+    """Encodes items for one model: tokenizer, image geometry and the sequence-length policy."""
+
+    tokenizer: Any = None
+    image_token_id: int | None = None
+    image_tokens: int = 0  # image tokens one <image> expands to
+    image_size: int | None = None
+    image_root: Path | None = None
+    max_length: int | None = None
+    on_overflow: str = "truncate"  # or "error"
+    pad_token_id: int = 0
+    truncated: int = field(default=0, init=False)
+
+    def _tok(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise ItemError("a conversation record needs a tokenizer (GradientFeaturizer(tokenizer=...))")
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _image(self, path: str) -> torch.Tensor:
+        from PIL import Image
+
+        full = Path(path) if self.image_root is None else self.image_root / path
+        try:
+            with Image.open(full) as im:
+                im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
+                arr = np.asarray(im, dtype=np.float32) / 255.0
+        except Exception as exc:  # noqa: BLE001 - any unreadable image is this item's problem
+            raise ItemError(f"image {full} could not be read: {exc}") from exc
+        t = torch.from_numpy(arr).permute(2, 0, 1)
+        return (t - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+
+    def encode_record(self, rec: dict) -> dict:
+        turns = rec.get("conversations")
+        if not isinstance(turns, list) or not turns:
+            raise ItemError("record has no 'conversations' list")
+        ids: list[int] = []
+        labels: list[int] = []
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if bos is not None:
+            ids.append(bos)
+            labels.append(-100)
+        has_response = False
+        for turn in turns:
+            who, text = turn.get("from"), turn.get("value")
+            if not isinstance(text, str) or who not in ("human", "gpt", "user", "assistant", "system"):
+                raise ItemError(f"malformed turn {turn!r}")
+            if who in ("gpt", "assistant"):
+                piece = self._tok(" ASSISTANT: ")
+                answer = self._tok(text) + ([eos] if eos is not None else [])
+                ids += piece + answer
+                labels += [-100] * len(piece) + answer
+                has_response = has_response or bool(text.strip())
+                continue
+            chunks = text.split(IMAGE_PLACEHOLDER)
+            piece = self._tok("USER: " + chunks[0])
+            for chunk in chunks[1:]:
+                if self.image_token_id is None:
+                    raise ItemError("record has <image> but the model has no image token")
+                piece += [self.image_token_id] * self.image_tokens + self._tok(chunk)
+            ids += piece
+            labels += [-100] * len(piece)
+        if not has_response:
+            raise ItemError("record has no response (no non-empty 'gpt' turn)")
+        out = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
+        n_placeholders = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in turns)
+        if n_placeholders:
+            if "image" not in rec:
+                raise ItemError("record has <image> but no 'image' path")
+            out["pixel_values"] = self._image(rec["image"])
+        return out
+
+    def encode(self, item: Any) -> dict:
+        if not isinstance(item, dict):
+            raise ItemError(f"pool items must be dicts; got {type(item).__name__}")
+        if "input_ids" in item:
+            out = {"input_ids": torch.as_tensor(item["input_ids"]).flatten(),
+                   "labels": torch.as_tensor(item.get("labels", item["input_ids"])).flatten()}
+            if item.get("pixel_values") is not None:
+                out["pixel_values"] = torch.as_tensor(item["pixel_values"])
+        else:
+            out = self.encode_record(item)
+        if out["input_ids"].shape != out["labels"].shape:
+            raise ItemError("input_ids and labels have different lengths")
+        if self.max_length is not None and out["input_ids"].numel() > self.max_length:
+            if self.on_overflow == "error":
+                raise ItemError(f"sequence of {out['input_ids'].numel()} tokens exceeds max_length={self.max_length}")
+            if self.image_token_id is not None and (out["input_ids"][self.max_length:] == self.image_token_id).any():
+                raise ItemError("truncation to max_length would cut the image tokens")
+            out["input_ids"] = out["input_ids"][: self.max_length]
+            out["labels"] = out["labels"][: self.max_length]
+            self.truncated += 1
+        if not (out["labels"][1:] != -100).any():
+            raise ItemError("no response tokens (labels are all -100 after the first token)")
+        return out
+
+
+def collate(encoded: list[dict], pad_token_id: int) -> dict:
+    """Right-pad a list of encoded items into a batch."""
+    n = max(e["input_ids"].numel() for e in encoded)
+    b = len(encoded)
+    ids = torch.full((b, n), pad_token_id, dtype=torch.long)
+    labels = torch.full((b, n), -100, dtype=torch.long)
+    attn = torch.zeros(b, n, dtype=torch.long)
+    for i, e in enumerate(encoded):
+        k = e["input_ids"].numel()
+        ids[i, :k], labels[i, :k], attn[i, :k] = e["input_ids"], e["labels"], 1
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": attn}
+    pix = [e.get("pixel_values") for e in encoded]
+    if any(p is not None for p in pix):
+        if any(p is None for p in pix):
+            raise ItemError("a batch mixes items with and without images (batch them separately)")
+        batch["pixel_values"] = torch.stack(pix)
+    return batch
+
+
+def encode_many(items: list[tuple[Any, Any]], encoder: Encoder, report: Callable[[Any, str], None]):
+    """Encode (id, item) pairs; items that fail are reported and left out. Returns (ids, encoded)."""
+    ids, encoded = [], []
+    for item_id, item in items:
+        try:
+            encoded.append(encoder.encode(item))
+            ids.append(item_id)
+        except ItemError as exc:
+            report(item_id, str(exc))
+    return ids, encoded

@@ -1,0 +1,324 @@
+"""GradientFeaturizer: per-sample projected LoRA gradients and scores in one batched pass (DESIGN §2.1)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..ops.projection import project
+from ..ops.projection.linear_grads import project_linear_grads
+from .batching import Encoder, ItemError, collate, encode_many
+from .capture import Capture, grads_enabled_on
+from .featureset import FeatureSet
+from .lora import find_lora_targets
+from .scores import SCORES, sample_scores, token_stats
+
+log = logging.getLogger("adaptinf_fast")
+
+
+def _dist():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist
+    return None
+
+
+class GradientFeaturizer:
+    """Per-sample gradient features of a PEFT LoRA model, plus the per-sample scores of DESIGN §4.4.
+
+    Each sample's loss is the mean NLL over its own response tokens (labels != -100); its exact
+    gradient w.r.t. the LoRA A and B weights of the chosen decoder layers — laid end to end in the
+    order ``features.lora`` documents, each flattened like its ``.grad`` — is projected to ``out_dim``
+    with ``project`` semantics (dense mode: exactly ``project`` of the concatenated gradient) and
+    L2-normalised. One forward+backward per batch; dropout is off during the pass; the model's
+    weights, ``.grad`` and ``requires_grad`` flags are left as they were.
+
+    Args:
+        model: a ``peft`` ``PeftModel`` (or task subclass) over a causal LM or ``LlavaForConditionalGeneration``.
+        layers: ``"last"``, ``"all"`` or a list of decoder-layer indices (negative counts from the end).
+        out_dim: projection width k. seed: seed of R.
+        mode: ``"dense"`` or ``"factored"`` (Kronecker sketch, see ``project_linear_grads``).
+        normalize: L2-normalise the features.
+        scores: subset of ``("ppl", "el2n", "entropy", "grand", "ig")``.
+        optimizer_state: LESS-style Adam preconditioning m'/(sqrt(v')+eps) of each per-sample
+            gradient: a ``torch.optim.Adam/AdamW`` over the LoRA parameters, or a dict mapping
+            parameter names (``model.named_parameters()``) to ``{"exp_avg", "exp_avg_sq"}`` (optional
+            keys ``"betas"``, ``"eps"``). Needs the dense mode.
+        tokenizer: for LLaVA-style conversation records (HF tokenizer). image_root: folder of images.
+        max_length: longest sequence; longer ones are truncated (counted in the log) or, with
+            ``on_overflow="error"``, reported and skipped.
+        backend: projection backend.
+    """
+
+    def __init__(self, model, *, layers: str | Sequence[int] = "last", out_dim: int = 8192, seed: int = 0,
+                 mode: str = "dense", normalize: bool = True, scores: Sequence[str] = SCORES,
+                 optimizer_state: Any = None, kind: str = "rademacher", tokenizer: Any = None,
+                 image_root: str | Path | None = None, max_length: int | None = None,
+                 on_overflow: str = "truncate", backend: str = "auto"):
+        if mode not in ("dense", "factored"):
+            raise ValueError(f"mode is {mode!r}; expected 'dense' or 'factored'")
+        unknown = set(scores) - set(SCORES)
+        if unknown:
+            raise ValueError(f"unknown scores {sorted(unknown)}; expected a subset of {SCORES}")
+        if optimizer_state is not None and mode == "factored":
+            raise ValueError("Adam preconditioning (optimizer_state) is elementwise on the full per-sample "
+                             "gradient, which the factored sketch never forms: use mode='dense'")
+        if on_overflow not in ("truncate", "error"):
+            raise ValueError(f"on_overflow is {on_overflow!r}; expected 'truncate' or 'error'")
+        self.model, self.out_dim, self.seed, self.mode, self.kind = model, out_dim, seed, mode, kind
+        self.normalize, self.scores, self.backend = normalize, tuple(scores), backend
+        self.targets = find_lora_targets(model, layers)
+        self.params = [p for t in self.targets for _, p in t.params]
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.param_names = [names.get(id(p), f"{t.name}.{which}") for t in self.targets
+                            for which, p in zip(("lora_A.weight", "lora_B.weight"), (t.lora_a.weight, t.lora_b.weight))]
+        self.offsets, offset = [], 0
+        for p in self.params:
+            self.offsets.append(offset)
+            offset += p.numel() if mode == "dense" else sum(p.shape)
+        self.total_rows = offset
+        self._adam = self._adam_state(optimizer_state) if optimizer_state is not None else None
+        cfg = getattr(getattr(model, "base_model", model), "config", None) or getattr(model, "config", None)
+        vision = getattr(cfg, "vision_config", None)
+        image_tokens = 0
+        if vision is not None:
+            image_tokens = (vision.image_size // vision.patch_size) ** 2
+            if getattr(cfg, "vision_feature_select_strategy", "default") == "full":
+                image_tokens += 1
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.encoder = Encoder(tokenizer=tokenizer, image_token_id=getattr(cfg, "image_token_id", None),
+                               image_tokens=image_tokens, image_size=getattr(vision, "image_size", None),
+                               image_root=Path(image_root) if image_root else None, max_length=max_length,
+                               on_overflow=on_overflow, pad_token_id=pad if pad is not None else 0)
+
+    # -- configuration ---------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict:
+        return {"out_dim": self.out_dim, "seed": self.seed, "mode": self.mode, "kind": self.kind,
+                "normalize": self.normalize, "scores": list(self.scores), "params": self.param_names,
+                "preconditioned": self._adam is not None}
+
+    def _adam_state(self, state: Any) -> list[tuple[torch.Tensor, torch.Tensor, float, float, float]]:
+        out = []
+        if isinstance(state, torch.optim.Optimizer):
+            group_of = {id(p): g for g in state.param_groups for p in g["params"]}
+            for name, p in zip(self.param_names, self.params):
+                s = state.state.get(p)
+                if not s or "exp_avg" not in s:
+                    raise ValueError(f"optimizer has no Adam state for {name} (run a step first)")
+                b1, b2 = group_of[id(p)]["betas"]
+                out.append((s["exp_avg"], s["exp_avg_sq"], b1, b2, group_of[id(p)]["eps"]))
+            return out
+        if not isinstance(state, dict):
+            raise TypeError("optimizer_state must be a torch.optim.Optimizer or a dict name -> {exp_avg, exp_avg_sq}")
+        for name in self.param_names:
+            if name not in state:
+                raise ValueError(f"optimizer_state has no entry for {name}")
+            s = state[name]
+            b1, b2 = s.get("betas", (0.9, 0.999))
+            out.append((s["exp_avg"], s["exp_avg_sq"], b1, b2, s.get("eps", 1e-8)))
+        return out
+
+    # -- one batch -----------------------------------------------------------------------------
+    def featurize_batch(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Features (B, k) float32, scores name -> (B,) float32, valid (B,) bool (samples with a
+        response). Invalid samples get zero features and NaN scores."""
+        model = self.model
+        device = next(model.parameters()).device
+        ids = batch["input_ids"].to(device)
+        labels = batch["labels"].to(device)
+        attn = batch.get("attention_mask", torch.ones_like(ids)).to(device)
+        kwargs = {"input_ids": ids, "attention_mask": attn}
+        if batch.get("pixel_values") is not None:
+            kwargs["pixel_values"] = batch["pixel_values"].to(device=device, dtype=next(model.parameters()).dtype)
+        was_training = model.training
+        model.eval()  # dropout off
+        capture = Capture(self.targets)
+        try:
+            with grads_enabled_on(self.params), capture.active(), torch.enable_grad():
+                out = model(**kwargs, use_cache=False)
+                nll, resp, logp = token_stats(out.logits, labels)
+                n_resp = resp.sum(1)
+                valid = n_resp > 0
+                loss = (nll.sum(1) / n_resp.clamp_min(1))[valid].sum()
+                outputs = [o for _, _, o in capture.modules()]
+                grads = torch.autograd.grad(loss, outputs, allow_unused=True) if valid.any() else [None] * len(outputs)
+            scores = sample_scores(nll.detach(), resp, logp.detach())
+            del out, logp
+            feats, sq = self._project(capture, grads, attn.bool())
+            if "ig" in self.scores:
+                scores["ig"] = self._image_grounding(ids, labels, attn, kwargs.get("pixel_values"), scores["ppl"])
+        finally:
+            model.train(was_training)
+        scores["grand"] = sq.sqrt()
+        if self.normalize:
+            feats = torch.nn.functional.normalize(feats, dim=1)
+        feats[~valid] = 0
+        scores = {k: torch.where(valid, v.float(), torch.full_like(v.float(), float("nan"))).cpu()
+                  for k, v in scores.items() if k in self.scores}
+        return feats.cpu(), scores, valid.cpu()
+
+    def _project(self, capture: Capture, grads, mask: torch.Tensor):
+        b = mask.shape[0]
+        device = mask.device
+        acc = torch.zeros(b, self.out_dim, device=device)
+        sq = torch.zeros(b, device=device)
+        for k, ((shape, x, out), g) in enumerate(zip(capture.modules(), grads)):
+            g = torch.zeros_like(out) if g is None else g.detach()
+            if self._adam is None:
+                _, s = project_linear_grads(x, g, self.out_dim, seed=self.seed, kind=self.kind, row_offset=self.offsets[k],
+                                            mask=mask, out=acc, mode=self.mode, backend=self.backend)
+                sq += s
+                continue
+            keep = mask.unsqueeze(-1)
+            zero = torch.zeros((), device=device)
+            w = torch.einsum("bto,bti->boi", torch.where(keep, g.float(), zero), torch.where(keep, x.float(), zero))
+            sq += w.pow(2).sum((1, 2))
+            m, v, b1, b2, eps = self._adam[k]
+            m_new = b1 * m.float().to(device) + (1 - b1) * w
+            v_new = b2 * v.float().to(device) + (1 - b2) * w.pow(2)
+            update = m_new / (v_new.sqrt() + eps)
+            project(update.reshape(b, -1), self.out_dim, seed=self.seed, kind=self.kind, row_offset=self.offsets[k],
+                    out=acc, backend=self.backend)
+        return acc, sq
+
+    @torch.no_grad()
+    def _image_grounding(self, ids, labels, attn, pixel_values, ppl_with) -> torch.Tensor:
+        """ppl without the image / ppl with it; text-only samples get 1 (DESIGN §4.4)."""
+        ig = torch.ones_like(ppl_with)
+        image_id = self.encoder.image_token_id
+        if pixel_values is None or image_id is None:
+            return ig
+        has_image = (ids == image_id).any(1)
+        if not has_image.any():
+            return ig
+        rows = has_image.nonzero().flatten().tolist()
+        stripped = []
+        for r in rows:
+            keep = (ids[r] != image_id) & attn[r].bool()
+            stripped.append({"input_ids": ids[r][keep].cpu(), "labels": labels[r][keep].cpu()})
+        batch = collate(stripped, self.encoder.pad_token_id)
+        out = self.model(input_ids=batch["input_ids"].to(ids.device), attention_mask=batch["attention_mask"].to(ids.device), use_cache=False)
+        nll, resp, _ = token_stats(out.logits, batch["labels"].to(ids.device))
+        ppl_without = ((nll.sum(1) / resp.sum(1).clamp_min(1))).exp()
+        ig[has_image] = ppl_without / ppl_with[has_image]
+        return ig
+
+    # -- a whole pool --------------------------------------------------------------------------
+    def _batches(self, data: Any, batch_size: int, skip: set[int], shard_batches: int) -> Iterator:
+        """(shard index, ids, batch or None, skipped [(id, reason)]) for every batch not in a skipped shard."""
+        if isinstance(data, torch.utils.data.DataLoader):
+            offset = 0
+            for k, batch in enumerate(data):
+                n = batch["input_ids"].shape[0]
+                ids = list(batch["ids"]) if "ids" in batch else list(range(offset, offset + n))
+                offset += n
+                if k // shard_batches not in skip:
+                    yield k // shard_batches, ids, batch, []
+            return
+        n = len(data)
+        for k, start in enumerate(range(0, n, batch_size)):
+            if k // shard_batches in skip:
+                continue
+            pairs = []
+            for i in range(start, min(n, start + batch_size)):
+                item = data[i]
+                pairs.append((item.get("id", i) if isinstance(item, dict) else i, item))
+            skipped: list[tuple[Any, str]] = []
+            ids, encoded = encode_many(pairs, self.encoder, lambda i, why: skipped.append((i, why)))
+            yield k // shard_batches, ids, (collate(encoded, self.encoder.pad_token_id) if encoded else None), skipped
+
+    def extract(self, data: Any, batch_size: int = 8, *, out_dir: str | Path | None = None, shard_size: int = 4096,
+                disk_dtype: str = "float16", progress: bool = True) -> FeatureSet:
+        """Features and scores for every item of ``data`` (a ``datasets.Dataset`` or any sequence of
+        row dicts / LLaVA records, or a DataLoader of batches), in data order.
+
+        With ``out_dir``, results are written in shards of ``shard_size`` samples (features as
+        ``disk_dtype``) and finished shards are not recomputed when the call is repeated after an
+        interruption. Under ``torch.distributed`` each rank computes every world_size-th shard and
+        the result, on every rank, is in data order.
+        """
+        if batch_size < 1 or shard_size < 1:
+            raise ValueError("batch_size and shard_size must be >= 1")
+        dist = _dist()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+        shard_batches = max(1, math.ceil(shard_size / batch_size))
+        n_batches = len(data) if isinstance(data, torch.utils.data.DataLoader) else math.ceil(len(data) / batch_size)
+        n_shards = max(1, math.ceil(n_batches / shard_batches))
+        out_path = Path(out_dir) if out_dir is not None else None
+        done = set()
+        if out_path is not None:
+            for s in range(n_shards):
+                meta_file = out_path / f"shard-{s:05d}.json"
+                if meta_file.exists():
+                    if FeatureSet.load_shard(meta_file.with_suffix("")).meta != self.meta:
+                        raise ValueError(f"{out_path} holds shards from a different featurizer configuration; "
+                                         "use a fresh out_dir")
+                    done.add(s)
+        mine = {s for s in range(n_shards) if s % world == rank}
+        skip = done | (set(range(n_shards)) - mine)
+        shards: dict[int, FeatureSet] = {}
+        truncated_before = self.encoder.truncated
+        todo = sorted(mine - done)
+        bar = tqdm(total=sum(min(shard_batches, n_batches - s * shard_batches) for s in todo),
+                   desc=f"features[{rank}]" if world > 1 else "features", unit="batch", disable=not progress)
+
+        def finish(s: int, entry) -> None:
+            fs = self._shard(entry)
+            for item_id, why in fs.skipped:
+                log.warning("skipped %r: %s", item_id, why)
+            if out_path is not None:  # written as soon as it is complete: an interruption keeps it
+                fs.save_shard(out_path / f"shard-{s:05d}", disk_dtype)
+            else:
+                shards[s] = fs
+
+        current, entry = None, None
+        for s, ids, batch, skipped in self._batches(data, batch_size, skip, shard_batches):
+            if s != current:
+                if current is not None:
+                    finish(current, entry)
+                current, entry = s, [[], [], {}, []]
+            entry[3].extend(skipped)
+            if batch is not None:
+                feats, scores, valid = self.featurize_batch(batch)
+                entry[3].extend((i, "no response tokens") for i, ok in zip(ids, valid.tolist()) if not ok)
+                keep = valid.nonzero().flatten()
+                entry[0].extend(ids[j] for j in keep.tolist())
+                entry[1].append(feats[keep])
+                for name, v in scores.items():
+                    entry[2].setdefault(name, []).append(v[keep])
+            bar.update(1)
+        if current is not None:
+            finish(current, entry)
+        bar.close()
+        for s in todo:  # shards with no batch at all (empty data)
+            if out_path is None and s not in shards:
+                shards[s] = self._shard([[], [], {}, []])
+            elif out_path is not None and not (out_path / f"shard-{s:05d}.json").exists():
+                finish(s, [[], [], {}, []])
+        if self.encoder.truncated > truncated_before:
+            log.warning("truncated %d sequence(s) to max_length=%s", self.encoder.truncated - truncated_before,
+                        self.encoder.max_length)
+        if out_path is not None:
+            if dist:
+                dist.barrier()
+            ordered = [FeatureSet.load_shard(out_path / f"shard-{s:05d}") for s in range(n_shards)]
+        else:
+            if dist:
+                gathered: list = [None] * world
+                dist.all_gather_object(gathered, shards)
+                shards = {s: fs for g in gathered for s, fs in g.items()}
+            ordered = [shards[s] for s in range(n_shards)]
+        return FeatureSet.concat(ordered, self.meta, self.out_dim)
+
+    def _shard(self, entry) -> FeatureSet:
+        ids, feats, scores, skipped = entry
+        f = torch.cat(feats) if feats else torch.zeros(0, self.out_dim)
+        sc = {k: torch.cat(v) for k, v in scores.items()} if scores else {k: torch.zeros(0) for k in self.scores}
+        return FeatureSet(ids, f, sc, skipped, self.meta)
