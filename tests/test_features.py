@@ -220,3 +220,15 @@ def test_configuration_errors():
         af.GradientFeaturizer(torch.nn.Linear(3, 3))
     with pytest.raises(ValueError, match="unknown scores"):
         af.GradientFeaturizer(model, scores=("ppl", "loss"))
+
+
+def test_huggingface_dataset_input(rng):
+    datasets = pytest.importorskip("datasets")  # in the test extra
+    model = tiny_llama()
+    rows = random_rows(5, rng)
+    ds = datasets.Dataset.from_list([{"id": r["id"], "input_ids": r["input_ids"].tolist(),
+                                      "labels": r["labels"].tolist()} for r in rows])
+    fz = af.GradientFeaturizer(model, layers="all", out_dim=OUT)
+    a, b = fz.extract(ds, batch_size=2, progress=False), fz.extract(rows, batch_size=2, progress=False)
+    assert a.ids == b.ids
+    torch.testing.assert_close(a.features, b.features, rtol=1e-5, atol=1e-6)

@@ -92,9 +92,9 @@ def matrix_rows(seed: int, row_start: int, n_rows: int, out_dim: int, kind: str,
     words = _blocks(seed, row_start, n_rows, n_blocks, device)  # (rows, blocks, 4) uint32 in int64
     if kind == "rademacher":
         # Little-endian bytes of each word: byte k holds bits 8k..8k+7 -> columns 8k..8k+7.
-        as_bytes = words.to(torch.int32).view(torch.uint8).long()  # (rows, blocks, 16)
-        signs = _sign_table(device)[as_bytes]  # (rows, blocks, 16, 8)
-        return signs.reshape(n_rows, n_blocks * 128)[:, :out_dim]
+        as_bytes = words.to(torch.int32).view(torch.uint8).long().flatten()  # rows·blocks·16 bytes
+        signs = _sign_table(device).index_select(0, as_bytes)  # (bytes, 8): faster than fancy indexing
+        return signs.view(n_rows, n_blocks * 128)[:, :out_dim]
     u1, u2 = _open_unit(words[..., 0::2]), _open_unit(words[..., 1::2])  # (rows, blocks, 2)
     r = torch.sqrt(-2.0 * torch.log(u1))
     theta = (2.0 * math.pi) * u2
