@@ -60,9 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--eps", type=float, default=0.05, help="SemDeDup threshold eps")
     demo.add_argument("--budget", type=int, default=None, help="pool size after pruning (default 5/8 of the pool)")
     demo.add_argument("--seed", type=int, default=0)
+    from .lifelong.cli import add_parsers, run as run_pool_command
+
+    add_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "info":
         return info()
+    if args.command != "demo":
+        try:
+            return run_pool_command(args)
+        except (ValueError, RuntimeError, FileNotFoundError) as exc:
+            print(f"adaptinf-fast {args.command}: error: {exc}", file=sys.stderr)
+            return 2
     from .demo import DemoConfig, run
 
     budget = args.budget if args.budget is not None else (args.n + args.duplicates) * 5 // 8

@@ -1,0 +1,135 @@
+"""Pool subcommands of ``adaptinf-fast``: add, features, cluster, select, prune, status, stage, plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .pool import STATUSES, PoolStore
+from .stage import STEPS, Stage, StageConfig, load_config, run_stage
+
+
+def add_parsers(sub) -> None:
+    def pool_cmd(name: str, help_: str):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--pool", required=True, type=Path, help="pool directory")
+        p.add_argument("--stage", type=int, default=None, help="stage number (default: the current one)")
+        p.add_argument("--resume", action="store_true", help="skip (instead of refusing) a step that is already done")
+        p.add_argument("--seed", type=int, default=0)
+        return p
+
+    p = pool_cmd("add", "add a dataset (JSON list or JSONL of records with 'id') to the pool as a new stage")
+    p.add_argument("--data", required=True)
+    p.add_argument("--source", required=True, help="dataset name recorded for each sample")
+    p = pool_cmd("features", "compute or import per-sample features and scores for the pool")
+    p.add_argument("--from", dest="features_from", required=True, help=".npz with ids, features, score_<name>")
+    p = pool_cmd("cluster", "spherical k-means pseudo-skills on the features")
+    p.add_argument("--k", type=int, default=10)
+    p = pool_cmd("select", "choose the training subset")
+    p.add_argument("--budget", type=int, required=True)
+    p.add_argument("--method", default="adaptinf", help="adaptinf | random | full | semdedup | score:<name>")
+    p.add_argument("--eps", type=float, default=0.05, help="SemDeDup eps for --method semdedup")
+    p = pool_cmd("prune", "permanently prune redundant samples")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--pool-budget", type=int, help="Adapt-∞ budget mode: pool size to keep")
+    g.add_argument("--eps", type=float, help="SemDeDup threshold mode")
+    p = sub.add_parser("status", help="counts by status and stage, cluster sizes, selector per cluster")
+    p.add_argument("--pool", required=True, type=Path)
+    p = sub.add_parser("stage", help="run (or resume) whole stages from a YAML/TOML config")
+    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--pool", type=Path, default=None, help="pool directory (default: the config's 'pool')")
+    p = sub.add_parser("plots", help="write PNG plots of the pool")
+    p.add_argument("--pool", required=True, type=Path)
+    p.add_argument("--out", type=Path, default=None)
+
+
+def _current_stage(pool: PoolStore, step: str) -> int:
+    t = pool.state.stage
+    if step == "add" and (t == 0 or pool.state.finished(t, "prune")):
+        return t + 1
+    return max(t, 1)
+
+
+def run(args) -> int:
+    cmd = args.command
+    if cmd == "status":
+        return status(PoolStore(args.pool))
+    if cmd == "plots":
+        from .plots import write_plots
+
+        for path in write_plots(args.pool, args.out):
+            print(path)
+        return 0
+    if cmd == "stage":
+        import yaml  # noqa: F401  (YAML support comes with transformers' dependencies)
+
+        cfgs = load_config(args.config)  # every stage validated before any work
+        doc_pool = _config_pool(args.config)
+        pool_dir = args.pool or doc_pool
+        if pool_dir is None:
+            raise ValueError("no pool directory: pass --pool or set 'pool' in the config")
+        for cfg in cfgs:
+            rec = run_stage(pool_dir, cfg)
+            print(json.dumps({"stage": cfg.stage, **{k: v for k, v in rec.items() if k != "stage"}}))
+        return 0
+    pool = PoolStore(args.pool, create=(cmd == "add"))
+    t = args.stage if args.stage is not None else _current_stage(pool, cmd)
+    fields = {k: getattr(args, k) for k in ("data", "source", "features_from", "k", "budget", "method", "seed")
+              if hasattr(args, k)}
+    if cmd == "prune":
+        fields.update(prune="budget" if args.pool_budget is not None else "threshold",
+                      pool_budget=args.pool_budget, eps=args.eps if args.eps is not None else 0.05)
+    elif getattr(args, "eps", None) is not None:
+        fields["eps"] = args.eps
+    cfg = StageConfig(stage=t, **fields)
+    if cmd != "prune":
+        cfg.prune = "none"
+    cfg.validate()
+    if pool.state.finished(t, cmd):
+        if not args.resume:
+            raise RuntimeError(f"stage {t}: {cmd} is already done (pass --resume to skip it)")
+        print(f"stage {t}: {cmd} already done")
+        return 0
+    Stage(pool, cfg).run(steps=(cmd,))
+    rec = json.loads((pool.stage_dir(t) / "record.json").read_text())
+    print(json.dumps({"stage": t, cmd: rec.get(cmd)}))
+    return 0
+
+
+def _config_pool(path: Path):
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        doc = tomllib.loads(text)
+    else:
+        import yaml
+
+        doc = yaml.safe_load(text)
+    return doc.get("pool") if isinstance(doc, dict) else None
+
+
+def status(pool: PoolStore) -> int:
+    counts = pool.counts()
+    print(f"pool {pool.root}: stage {pool.state.stage}, " + ", ".join(f"{s} {counts[s]}" for s in STATUSES))
+    by_stage: dict[int, dict[str, int]] = {}
+    for r in pool.rows:
+        by_stage.setdefault(r["stage_added"], {s: 0 for s in STATUSES})[r["status"]] += 1
+    for t, c in sorted(by_stage.items()):
+        print(f"  added at stage {t}: " + ", ".join(f"{s} {c[s]}" for s in STATUSES))
+    for t in sorted(int(k) for k in pool.state.done):
+        done = pool.state.done[str(t)]
+        print(f"stage {t}: done {', '.join(done)}" + (f"; next {next(s for s in STEPS if s not in done)}"
+                                                     if len(done) < len(STEPS) else ""))
+        path = pool.stage_dir(t) / "record.json"
+        rec = json.loads(path.read_text()) if path.exists() else {}
+        if "cluster" in rec:
+            print(f"  cluster sizes: {rec['cluster']['sizes']}")
+        if "selectors" in rec.get("select", {}):
+            print(f"  selector per cluster: {rec['select']['selectors']}")
+        if "select" in rec:
+            print(f"  selected {rec['select']['selected']} ({rec['select']['method']})")
+        if "prune" in rec:
+            print(f"  pruned {rec['prune']['pruned']}; pool after {rec['prune']['pool_after']}")
+    return 0

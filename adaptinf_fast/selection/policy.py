@@ -1,0 +1,78 @@
+"""The selection and pruning decisions of one stage, as plain functions (DESIGN §2 steps 3–4, 7)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..ops.dedup import cluster_max_similarity, prune_to_budget, semdedup, semdedup_order
+from .budget import split_budget
+from .ccs import ccs_sample
+from .selector import choose_selectors
+
+
+def selection_scores(scores: Mapping[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The scores used for selection, in ``names`` order; ppl enters as log ppl (as the release)."""
+    out = {}
+    for name in names:
+        if name in scores:
+            v = scores[name].double()
+            out[name] = v.clamp_min(1e-12).log() if name == "ppl" else v
+    return out
+
+
+def select_subset(features: torch.Tensor, labels: torch.Tensor, scores: Mapping[str, torch.Tensor], *,
+                  method: str, budget: int, generator: torch.Generator, score_order: Sequence[str] = (),
+                  eps: float = 0.05) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Indices of the training subset and what decided it.
+
+    ``method``: ``"adaptinf"`` (selector per cluster by entropy, budget per cluster, CCS),
+    ``"score:<name>"`` (that score everywhere), ``"random"``, ``"full"``, ``"semdedup"`` (random
+    among the samples SemDeDup keeps at ``eps``). ``budget`` is capped at the number of samples.
+    """
+    n = features.shape[0]
+    budget = min(budget, n)
+    info: dict[str, Any] = {}
+    if method == "full":
+        return torch.arange(n), info
+    if method == "random":
+        return torch.sort(torch.randperm(n, generator=generator)[:budget]).values, info
+    if method == "semdedup":
+        kept = semdedup(features, labels, eps=eps, order="hard").nonzero().flatten()
+        info["semdedup_kept"] = int(kept.numel())
+        return torch.sort(kept[torch.randperm(kept.numel(), generator=generator)[:budget]]).values, info
+    sel = selection_scores(scores, score_order or list(scores))
+    if not sel:
+        raise ValueError(f"none of the scores {list(score_order)} are available")
+    uniq, dense = torch.unique(labels, return_inverse=True)
+    shares = split_budget(torch.bincount(dense), budget)
+    if method == "adaptinf":
+        selectors = choose_selectors(sel, labels, order=list(sel))
+    elif method.startswith("score:") and method[6:] in sel:
+        selectors = {int(c): method[6:] for c in uniq.tolist()}
+    else:
+        raise ValueError(f"method {method!r} needs a score that was not computed")
+    parts = []
+    for c, share in zip(uniq.tolist(), shares.tolist()):
+        members = (labels == c).nonzero().flatten()
+        parts.append(members[ccs_sample(sel[selectors[c]][members], share, generator)])
+    info["selectors"] = {str(c): s for c, s in selectors.items()}
+    info["budgets"] = {str(c): int(s) for c, s in zip(uniq.tolist(), shares.tolist())}
+    return torch.sort(torch.cat(parts)).values, info
+
+
+def prune_mask(features: torch.Tensor, labels: torch.Tensor, *, mode: str, pool_budget: int | None = None,
+               eps: float = 0.05) -> torch.Tensor:
+    """Bool mask of samples to drop for good: ``"budget"`` (Adapt-∞: keep the ``pool_budget`` least
+    redundant, split over clusters), ``"threshold"`` (SemDeDup at ``eps``) or ``"none"``. Both use
+    SemDeDup's "hard" order (farthest from the centroid first)."""
+    if mode == "none":
+        return torch.zeros(features.shape[0], dtype=torch.bool)
+    order = semdedup_order(features, labels, "hard")
+    if mode == "budget":
+        m, _ = cluster_max_similarity(features, labels, order=order)
+        return ~prune_to_budget(m, labels, pool_budget, order=order)
+    if mode == "threshold":
+        return ~semdedup(features, labels, eps=eps, order=order)
+    raise ValueError(f"prune mode {mode!r}; expected 'budget', 'threshold' or 'none'")

@@ -1,0 +1,190 @@
+"""Pool store and stage runner: invariants, determinism, bad input, CLI, and kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adaptinf_fast import cli
+from adaptinf_fast.lifelong import PoolStore, StageConfig, load_config, run_stage
+
+D = 24
+
+
+def make_data(tmp: Path, seed: int = 0):
+    """Two datasets of records and one features file covering every id (with planted duplicates)."""
+    rng = np.random.default_rng(seed)
+    ids, feats = [], []
+    for source, n in (("taskA", 120), ("taskB", 90)):
+        centers = rng.standard_normal((4, D)) * 2
+        recs = []
+        for i in range(n):
+            rid = f"{source}-{i}"
+            recs.append({"id": rid, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})
+            v = centers[i % 4] + rng.standard_normal(D)
+            if i % 10 == 9:
+                v = feats[-1] + 1e-4 * rng.standard_normal(D)  # near-duplicate of the previous sample
+            ids.append(rid)
+            feats.append(v)
+        (tmp / f"{source}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    f = np.stack(feats).astype(np.float32)
+    scores = {f"score_{k}": rng.gamma(2.0, size=len(ids)).astype(np.float32) for k in ("ppl", "el2n", "entropy", "grand")}
+    np.savez(tmp / "features.npz", ids=np.array(ids), features=f, **scores)
+    return tmp / "features.npz"
+
+
+def stage_cfgs(tmp: Path) -> list[StageConfig]:
+    feats = str(tmp / "features.npz")
+    common = dict(features_from=feats, k=4, budget=40, pool_budget=150, scores=["ppl", "el2n", "entropy", "grand"], seed=3)
+    return [StageConfig(stage=1, data=str(tmp / "taskA.jsonl"), source="taskA", **common),
+            StageConfig(stage=2, data=str(tmp / "taskB.jsonl"), source="taskB", **common)]
+
+
+def snapshot(pool: Path) -> dict[str, bytes]:
+    """Every file of the pool except wall-clock timings."""
+    return {str(p.relative_to(pool)): p.read_bytes() for p in sorted(pool.rglob("*"))
+            if p.is_file() and p.name != "timings.json"}
+
+
+def test_two_stages_invariants_and_determinism(tmp_path):
+    make_data(tmp_path)
+    for run in ("a", "b"):
+        for cfg in stage_cfgs(tmp_path):
+            run_stage(tmp_path / run, cfg)
+    assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b"), "same seed -> same pool, selection, records"
+    pool = PoolStore(tmp_path / "a")
+    ids = [r["id"] for r in pool.rows]
+    assert len(ids) == len(set(ids)) == 210, "every id that entered is there exactly once"
+    counts = pool.counts()
+    assert counts["pruned"] == 210 - 150
+    rec1 = json.loads((pool.stage_dir(1) / "record.json").read_text())
+    rec2 = json.loads((pool.stage_dir(2) / "record.json").read_text())
+    assert rec1["prune"]["pool_after"] == 120 and rec2["prune"]["pool_after"] == 150
+    assert sum(rec2["select"]["budgets"].values()) == 40 and set(rec2["select"]["selectors"].values()) <= {"ppl", "el2n", "entropy", "grand"}
+    pruned1 = set(json.loads((pool.stage_dir(1) / "prune.json").read_text())["ids"])
+    feats2 = set(json.loads((pool.stage_dir(2) / "features.json").read_text())["ids"])
+    assert not pruned1 & feats2, "pruned samples never come back"
+    sel2 = json.loads((pool.stage_dir(2) / "selection.json").read_text())["ids"]
+    assert len(sel2) == 40 and set(sel2) <= feats2
+    pruned2 = set(json.loads((pool.stage_dir(2) / "prune.json").read_text())["ids"])
+    assert counts["selected"] == len(set(sel2) - pruned2)  # selected for training, then possibly pruned
+
+
+@pytest.mark.parametrize("method", ["random", "full", "semdedup", "score:ppl"])
+def test_baseline_methods(method, tmp_path):
+    make_data(tmp_path)
+    cfg = stage_cfgs(tmp_path)[0]
+    cfg.method = method
+    rec = run_stage(tmp_path / "pool", cfg)
+    assert rec["select"]["selected"] == (120 if method == "full" else 40)
+    if method == "score:ppl":
+        assert set(rec["select"]["selectors"].values()) == {"ppl"}
+
+
+def test_threshold_pruning_drops_planted_duplicates(tmp_path):
+    make_data(tmp_path)
+    cfg = stage_cfgs(tmp_path)[0]
+    cfg.prune, cfg.eps = "threshold", 0.001
+    rec = run_stage(tmp_path / "pool", cfg)
+    pruned = json.loads((PoolStore(tmp_path / "pool").stage_dir(1) / "prune.json").read_text())["ids"]
+    assert rec["prune"]["pruned"] == 12 and all(int(i.split("-")[1]) % 10 in (8, 9) for i in pruned)
+
+
+def test_bad_input(tmp_path, caplog):
+    make_data(tmp_path)
+    cfg = stage_cfgs(tmp_path)[0]
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text((tmp_path / "taskA.jsonl").read_text().splitlines()[0] * 2 + "\n")
+    with pytest.raises(ValueError, match="dup.jsonl:1: not valid JSON"):
+        run_stage(tmp_path / "p0", StageConfig(stage=1, data=str(dup), source="x", features_from=cfg.features_from, pool_budget=9))
+    dup.write_text(((tmp_path / "taskA.jsonl").read_text().splitlines()[0] + "\n") * 2)
+    with pytest.raises(ValueError, match="duplicate id"):
+        run_stage(tmp_path / "p1", StageConfig(stage=1, data=str(dup), source="x", features_from=cfg.features_from, pool_budget=9))
+    assert PoolStore(tmp_path / "p1").rows == [], "nothing half-written"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "ok", "input_ids": [1, 2]}\n{"no_id": 1}\n{"id": "empty"}\n')
+    with caplog.at_level("WARNING", logger="adaptinf_fast"):
+        store = PoolStore(tmp_path / "p2", create=True)
+        from adaptinf_fast.lifelong import Stage
+
+        Stage(store, StageConfig(stage=1, data=str(bad), source="x", pool_budget=1)).run(steps=("add",))
+    rec = json.loads((store.stage_dir(1) / "record.json").read_text())["add"]
+    assert rec["added"] == 1 and len(rec["skipped"]) == 2 and "skipped 'empty'" in caplog.text
+    few = tmp_path / "few.npz"
+    np.savez(few, ids=np.array(["taskA-0"]), features=np.zeros((1, D), np.float32))
+    with pytest.raises(ValueError, match="do not match the pool"):
+        run_stage(tmp_path / "p3", StageConfig(stage=1, data=cfg.data, source="a", features_from=str(few), pool_budget=5))
+    big_k = stage_cfgs(tmp_path)[0]
+    big_k.k = 500
+    with pytest.raises(ValueError, match="larger than the pool"):
+        run_stage(tmp_path / "p4", big_k)
+    over = stage_cfgs(tmp_path)[0]
+    over.budget = 10_000
+    rec = run_stage(tmp_path / "p5", over)
+    assert rec["select"]["selected"] == 120 and "capped" in rec["select"]["note"]
+    with pytest.raises(ValueError, match="method is 'best'(.|\n)*pool_budget"):
+        StageConfig(stage=1, method="best", pool_budget=None).validate()  # all errors, before any work
+
+
+def test_config_file_errors_before_any_work(tmp_path):
+    make_data(tmp_path)
+    cfg = tmp_path / "stages.yaml"
+    cfg.write_text(f"pool: {tmp_path / 'pool'}\nk: 4\nfeatures_from: {tmp_path / 'features.npz'}\npool_budget: 150\n"
+                   f"stages:\n  - {{stage: 1, data: {tmp_path / 'taskA.jsonl'}, source: taskA, budget: 40}}\n"
+                   f"  - {{stage: 2, data: {tmp_path / 'missing.jsonl'}, source: taskB, budget: 40}}\n")
+    with pytest.raises(ValueError, match="missing.jsonl does not exist"):
+        load_config(cfg)
+    assert cli.main(["stage", "--config", str(cfg)]) == 2
+    assert not (tmp_path / "pool").exists(), "stage 1 must not run when stage 2's config is wrong"
+    cfg.write_text(cfg.read_text().replace("missing.jsonl", "taskB.jsonl"))
+    assert cli.main(["stage", "--config", str(cfg)]) == 0
+    assert PoolStore(tmp_path / "pool").counts()["pruned"] == 60
+
+
+def test_flat_cli_commands(tmp_path, capsys):
+    make_data(tmp_path)
+    pool = str(tmp_path / "pool")
+    run = lambda *a: cli.main([*a, "--pool", pool])  # noqa: E731
+    assert run("add", "--data", str(tmp_path / "taskA.jsonl"), "--source", "taskA") == 0
+    assert run("features", "--from", str(tmp_path / "features.npz")) == 0
+    assert run("cluster", "--k", "4") == 0
+    assert run("cluster", "--k", "4") == 2  # already done
+    assert run("cluster", "--k", "4", "--resume") == 0
+    assert run("select", "--budget", "30") == 0
+    assert run("prune", "--pool-budget", "100") == 0
+    assert run("status") == 0
+    out = capsys.readouterr().out
+    assert "pool 100" not in out and "pruned 20" in out and "selector per cluster" in out
+    assert run("plots") == 0
+    assert len(list((tmp_path / "pool" / "plots").glob("*.png"))) == 4
+
+
+KILL_POINTS = ["add:artifacts", "features:start", "cluster:artifacts", "select:artifacts", "prune:artifacts"]
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    make_data(tmp_path)
+    cfg = tmp_path / "stages.yaml"
+    cfg.write_text(f"k: 4\nfeatures_from: {tmp_path / 'features.npz'}\npool_budget: 150\nbudget: 40\nseed: 3\n"
+                   f"scores: [ppl, el2n, entropy, grand]\n"
+                   f"stages:\n  - {{stage: 1, data: {tmp_path / 'taskA.jsonl'}, source: taskA}}\n"
+                   f"  - {{stage: 2, data: {tmp_path / 'taskB.jsonl'}, source: taskB}}\n")
+    base = [sys.executable, "-m", "adaptinf_fast.cli", "stage", "--config", str(cfg), "--pool"]
+    env = {k: v for k, v in os.environ.items() if k != "ADAPTINF_FAULT"}
+    subprocess.run(base + [str(tmp_path / "clean")], check=True, env=env, capture_output=True)
+    want = snapshot(tmp_path / "clean")
+    for point in KILL_POINTS:
+        pool = tmp_path / point.replace(":", "-")
+        killed = subprocess.run(base + [str(pool)], env={**env, "ADAPTINF_FAULT": point}, capture_output=True)
+        assert killed.returncode == -9, (point, killed.stderr.decode()[-500:])
+        resumed = subprocess.run(base + [str(pool)], env=env, capture_output=True)
+        assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+        got = snapshot(pool)
+        assert got.keys() == want.keys(), (point, set(got) ^ set(want))
+        assert got == want, point
