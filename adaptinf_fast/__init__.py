@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from .backends import BackendUnavailableError, available_backends
 from .features import FeatureSet, GradientFeaturizer
 from .ops.dedup import cluster_max_similarity, prune_to_budget, semdedup, semdedup_order
-from .ops.kmeans import KMeans, kmeans_assign
+from .ops.kmeans import KMeans, elbow, kmeans_assign
 from .ops.projection import project, projection_matrix
 from .ops.projection.linear_grads import project_linear_grads
 from .selection.budget import split_budget
@@ -27,6 +27,7 @@ __all__ = [
     "KMeans",
     "available_backends",
     "cluster_max_similarity",
+    "elbow",
     "kmeans_assign",
     "project",
     "project_linear_grads",

@@ -159,3 +159,16 @@ def test_nan_input_is_a_clear_error_or_zeroed():
     with pytest.warns(RuntimeWarning, match="zeroed 1 row"):
         km = af.KMeans(2, nonfinite="zero").fit(x)
     assert torch.isfinite(km.cluster_centers_).all()
+
+
+def test_elbow_table_and_plot(tmp_path):
+    x, _ = make_blobs(600, 5, centers=4, random_state=0)
+    rows = af.elbow(x.astype(np.float32), [1, 2, 4, 8], metric="l2", progress=False)
+    assert [r["k"] for r in rows] == [1, 2, 4, 8]
+    inertia = [r["inertia"] for r in rows]
+    assert inertia[0] == pytest.approx(float(((x - x.mean(0)) ** 2).sum()), rel=1e-4)
+    assert inertia[0] > inertia[1] > inertia[2] > inertia[3]
+    assert inertia[1] / inertia[2] > 3 * inertia[2] / inertia[3]  # the elbow at the true K=4
+    from adaptinf_fast.ops.kmeans import format_elbow, plot_elbow
+
+    assert "inertia" in format_elbow(rows) and plot_elbow(rows, tmp_path / "e.png").stat().st_size > 1000

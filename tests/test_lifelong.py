@@ -156,6 +156,8 @@ def test_flat_cli_commands(tmp_path, capsys):
     assert run("cluster", "--k", "4") == 0
     assert run("cluster", "--k", "4") == 2  # already done
     assert run("cluster", "--k", "4", "--resume") == 0
+    assert run("cluster", "--elbow", "2,4,6", "--resume") == 0
+    assert (tmp_path / "pool" / "stages" / "stage-001" / "elbow.png").exists()
     assert run("select", "--budget", "30") == 0
     assert run("prune", "--pool-budget", "100") == 0
     assert run("status") == 0
@@ -188,3 +190,28 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
         got = snapshot(pool)
         assert got.keys() == want.keys(), (point, set(got) ^ set(want))
         assert got == want, point
+
+
+def test_features_step_from_a_saved_peft_model(tmp_path):
+    """`features --model DIR`: the base model, adapter and tokenizer load from local folders."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from tiny_models import llama_config, lora, word_tokenizer
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(llama_config()).save_pretrained(tmp_path / "base")
+    model = lora(LlamaForCausalLM.from_pretrained(tmp_path / "base"))
+    model.save_pretrained(tmp_path / "adapter")
+    word_tokenizer().save_pretrained(tmp_path / "adapter")
+    recs = [{"id": f"r{i}", "conversations": [{"from": "human", "value": "what is the colour ?"},
+                                             {"from": "gpt", "value": ["red", "green", "blue"][i % 3]}]} for i in range(9)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    pool = str(tmp_path / "pool")
+    assert cli.main(["add", "--pool", pool, "--data", str(tmp_path / "data.jsonl"), "--source", "colours"]) == 0
+    assert cli.main(["features", "--pool", pool, "--model", str(tmp_path / "adapter"), "--layers", "all",
+                     "--out-dim", "32", "--batch-size", "4"]) == 0
+    doc = json.loads((PoolStore(pool).stage_dir(1) / "features.json").read_text())
+    assert doc["ids"] == [r["id"] for r in recs] and set(doc["scores"]) == {"ppl", "el2n", "entropy", "grand", "ig"}
+    feats = np.load(PoolStore(pool).stage_dir(1) / "features.npy")
+    assert feats.shape == (9, 32) and np.allclose(np.linalg.norm(feats.astype(np.float32), axis=1), 1, atol=1e-2)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from .pool import STATUSES, PoolStore
-from .stage import STEPS, Stage, StageConfig, load_config, run_stage
+from .stage import STEPS, Stage, StageConfig, load_config, read_config, run_stage
 
 
 def add_parsers(sub) -> None:
@@ -23,9 +23,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--source", required=True, help="dataset name recorded for each sample")
     p = pool_cmd("features", "compute or import per-sample features and scores for the pool")
-    p.add_argument("--from", dest="features_from", required=True, help=".npz with ids, features, score_<name>")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--from", dest="features_from", help=".npz with ids, features, score_<name>")
+    g.add_argument("--model", help="saved PEFT adapter folder (base model and tokenizer found locally)")
+    p.add_argument("--layers", default="last", help="'last', 'all' or comma-separated decoder-layer indices")
+    p.add_argument("--out-dim", type=int, default=8192)
+    p.add_argument("--batch-size", dest="feature_batch_size", type=int, default=8)
     p = pool_cmd("cluster", "spherical k-means pseudo-skills on the features")
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--elbow", default=None, help="comma-separated K values: print inertia per K and write "
+                   "elbow.png in the stage folder, without clustering")
     p = pool_cmd("select", "choose the training subset")
     p.add_argument("--budget", type=int, required=True)
     p.add_argument("--method", default="adaptinf", help="adaptinf | random | full | semdedup | score:<name>")
@@ -62,11 +69,8 @@ def run(args) -> int:
             print(path)
         return 0
     if cmd == "stage":
-        import yaml  # noqa: F401  (YAML support comes with transformers' dependencies)
-
         cfgs = load_config(args.config)  # every stage validated before any work
-        doc_pool = _config_pool(args.config)
-        pool_dir = args.pool or doc_pool
+        pool_dir = args.pool or read_config(args.config).get("pool")
         if pool_dir is None:
             raise ValueError("no pool directory: pass --pool or set 'pool' in the config")
         for cfg in cfgs:
@@ -75,8 +79,20 @@ def run(args) -> int:
         return 0
     pool = PoolStore(args.pool, create=(cmd == "add"))
     t = args.stage if args.stage is not None else _current_stage(pool, cmd)
-    fields = {k: getattr(args, k) for k in ("data", "source", "features_from", "k", "budget", "method", "seed")
-              if hasattr(args, k)}
+    if cmd == "cluster" and args.elbow:
+        from ..ops.kmeans import elbow, format_elbow, plot_elbow
+
+        if not pool.state.finished(t, "features"):
+            raise RuntimeError(f"stage {t}: run 'features' before the elbow")
+        rows = elbow(Stage(pool, StageConfig(stage=t)).features().features, [int(k) for k in args.elbow.split(",")],
+                     seed=args.seed)
+        print(format_elbow(rows))
+        print(plot_elbow(rows, pool.stage_dir(t) / "elbow.png"))
+        return 0
+    fields = {k: getattr(args, k) for k in ("data", "source", "features_from", "model", "out_dim",
+                                            "feature_batch_size", "k", "budget", "method", "seed") if hasattr(args, k)}
+    if hasattr(args, "layers"):
+        fields["layers"] = args.layers if args.layers in ("last", "all") else [int(i) for i in args.layers.split(",")]
     if cmd == "prune":
         fields.update(prune="budget" if args.pool_budget is not None else "threshold",
                       pool_budget=args.pool_budget, eps=args.eps if args.eps is not None else 0.05)
@@ -95,19 +111,6 @@ def run(args) -> int:
     rec = json.loads((pool.stage_dir(t) / "record.json").read_text())
     print(json.dumps({"stage": t, cmd: rec.get(cmd)}))
     return 0
-
-
-def _config_pool(path: Path):
-    text = path.read_text()
-    if path.suffix == ".toml":
-        import tomllib
-
-        doc = tomllib.loads(text)
-    else:
-        import yaml
-
-        doc = yaml.safe_load(text)
-    return doc.get("pool") if isinstance(doc, dict) else None
 
 
 def status(pool: PoolStore) -> int:

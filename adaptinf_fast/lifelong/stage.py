@@ -39,6 +39,12 @@ class StageConfig:
     data: str | None = None
     source: str | None = None
     features_from: str | None = None  # .npz with ids, features (N, k), score_<name>
+    model: str | None = None  # or a saved PEFT adapter folder: features computed by GradientFeaturizer
+    layers: Any = "last"
+    out_dim: int = 8192
+    feature_batch_size: int = 8
+    max_length: int | None = None
+    image_root: str | None = None
     k: int = 10
     method: str = "adaptinf"
     budget: int = 1000
@@ -74,6 +80,10 @@ class StageConfig:
             errors.append("data needs a source name")
         if self.features_from is not None and not Path(self.features_from).exists():
             errors.append(f"features file {self.features_from} does not exist")
+        if self.model is not None and not (Path(self.model) / "adapter_config.json").exists():
+            errors.append(f"model {self.model} is not a saved PEFT adapter folder (no adapter_config.json)")
+        if self.model is not None and self.features_from is not None:
+            errors.append("give either features_from or model, not both")
         if errors:
             raise ValueError("invalid stage config:\n  - " + "\n  - ".join(errors))
 
@@ -118,6 +128,19 @@ class Stage:
         doc = json.loads((self.dir / "features.json").read_text())
         feats = torch.from_numpy(np.load(self.dir / "features.npy").astype(np.float32))
         return FeatureSet(doc["ids"], feats, {k: torch.tensor(v) for k, v in doc["scores"].items()}, [], {})
+
+    def _model_featurizer(self) -> Callable[[list[dict]], FeatureSet]:
+        if self.cfg.model is None:
+            raise ValueError("the features step needs features_from (a .npz), model (a PEFT adapter folder) or a featurizer")
+        from ..features import GradientFeaturizer
+        from .models import load_peft_model
+
+        model, tokenizer = load_peft_model(self.cfg.model)
+        fz = GradientFeaturizer(model, layers=self.cfg.layers, out_dim=self.cfg.out_dim, seed=self.cfg.seed,
+                                scores=self.cfg.scores, tokenizer=tokenizer, image_root=self.cfg.image_root,
+                                max_length=self.cfg.max_length)
+        shards = self.dir / "feature-shards"  # resumable: a killed features step keeps finished shards
+        return lambda records: fz.extract(records, batch_size=self.cfg.feature_batch_size, out_dir=shards)
 
     def labels(self) -> torch.Tensor:
         return torch.from_numpy(np.load(self.dir / "labels.npy"))
@@ -191,10 +214,9 @@ class Stage:
                                  f"have no feature row (first: {missing[:3]}), {len(fs.ids)} rows for {len(ids)} samples")
             take = torch.tensor([index[i] for i in ids], dtype=torch.long)
             fs = FeatureSet(ids, fs.features[take], {n: v[take] for n, v in fs.scores.items()}, [], {})
-        elif featurize is not None:
-            fs = featurize(self.pool.records(ids))
         else:
-            raise ValueError("the features step needs features_from (a .npz) or a featurizer")
+            featurize = featurize or self._model_featurizer()
+            fs = featurize(self.pool.records(ids))
         if len(fs) == 0:
             raise ValueError("no sample in the pool has features")
         write_json(self.dir / "features.json", {"ids": fs.ids, "scores": {k: v.tolist() for k, v in fs.scores.items()},
@@ -210,7 +232,7 @@ class Stage:
         fs = self.features()
         if self.cfg.k > len(fs):
             raise ValueError(f"k={self.cfg.k} is larger than the pool ({len(fs)} samples with features)")
-        km = KMeans(self.cfg.k, metric="cosine", n_init=3, seed=self.cfg.seed).fit(fs.features)
+        km = KMeans(self.cfg.k, metric="cosine", n_init=3, seed=self.cfg.seed, progress=True).fit(fs.features)
         atomic_write(self.dir / "labels.npy", lambda f: np.save(f, km.labels_.numpy()))
         atomic_write(self.dir / "centroids.npy", lambda f: np.save(f, km.cluster_centers_.numpy()))
         sizes = torch.bincount(km.labels_, minlength=self.cfg.k).tolist()
@@ -253,7 +275,8 @@ class Stage:
         self._begin("prune")
         fs, labels = self.features(), self.labels()
         info: dict[str, Any] = {"mode": self.cfg.prune}
-        drop = prune_mask(fs.features, labels, mode=self.cfg.prune, pool_budget=self.cfg.pool_budget, eps=self.cfg.eps)
+        drop = prune_mask(fs.features, labels, mode=self.cfg.prune, pool_budget=self.cfg.pool_budget, eps=self.cfg.eps,
+                          progress=True)
         reason = {"none": None, "budget": f"redundant: pool budget {self.cfg.pool_budget}",
                   "threshold": f"semdedup eps={self.cfg.eps}"}[self.cfg.prune]
         if self.cfg.prune == "budget":
@@ -293,8 +316,8 @@ def config_from_dict(doc: dict) -> StageConfig:
     return cfg
 
 
-def load_config(path: str | Path) -> list[StageConfig]:
-    """A YAML or TOML file with a list ``stages`` of stage tables; all are validated up front."""
+def read_config(path: str | Path) -> dict:
+    """The raw document of a YAML (.yaml/.yml) or TOML (.toml, Python >= 3.11) stage config."""
     p = Path(path)
     text = p.read_text()
     if p.suffix in (".yaml", ".yml"):
@@ -307,11 +330,20 @@ def load_config(path: str | Path) -> list[StageConfig]:
         doc = tomllib.loads(text)
     else:
         raise ValueError(f"{p}: expected a .yaml, .yml or .toml config")
-    stages = doc.get("stages") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{p}: expected a mapping at the top level")
+    return doc
+
+
+def load_config(path: str | Path) -> list[StageConfig]:
+    """The stages of a config file (a list ``stages`` of stage tables; other top-level keys except
+    ``pool`` are defaults for every stage), all validated up front."""
+    doc = read_config(path)
+    stages = doc.get("stages")
     if not isinstance(stages, list) or not stages:
-        raise ValueError(f"{p}: expected a non-empty list 'stages'")
+        raise ValueError(f"{path}: expected a non-empty list 'stages'")
     defaults = {k: v for k, v in doc.items() if k not in ("stages", "pool")}
     return [config_from_dict({**defaults, **s}) for s in stages]
 
 
-__all__ = ["STEPS", "Stage", "StageConfig", "asdict", "load_config", "run_stage"]
+__all__ = ["STEPS", "Stage", "StageConfig", "asdict", "load_config", "read_config", "run_stage"]

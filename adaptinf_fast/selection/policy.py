@@ -63,7 +63,7 @@ def select_subset(features: torch.Tensor, labels: torch.Tensor, scores: Mapping[
 
 
 def prune_mask(features: torch.Tensor, labels: torch.Tensor, *, mode: str, pool_budget: int | None = None,
-               eps: float = 0.05) -> torch.Tensor:
+               eps: float = 0.05, progress: bool = False) -> torch.Tensor:
     """Bool mask of samples to drop for good: ``"budget"`` (Adapt-∞: keep the ``pool_budget`` least
     redundant, split over clusters), ``"threshold"`` (SemDeDup at ``eps``) or ``"none"``. Both use
     SemDeDup's "hard" order (farthest from the centroid first)."""
@@ -71,7 +71,7 @@ def prune_mask(features: torch.Tensor, labels: torch.Tensor, *, mode: str, pool_
         return torch.zeros(features.shape[0], dtype=torch.bool)
     order = semdedup_order(features, labels, "hard")
     if mode == "budget":
-        m, _ = cluster_max_similarity(features, labels, order=order)
+        m, _ = cluster_max_similarity(features, labels, order=order, progress=progress)
         return ~prune_to_budget(m, labels, pool_budget, order=order)
     if mode == "threshold":
         return ~semdedup(features, labels, eps=eps, order=order)

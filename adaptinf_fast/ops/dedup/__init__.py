@@ -25,7 +25,8 @@ def _normalized(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.to(torch.float32), dim=1)
 
 
-def cluster_max_similarity(x: Any, labels: Any, *, order: Any = None, nonfinite: str = "raise", backend: str = "auto"):
+def cluster_max_similarity(x: Any, labels: Any, *, order: Any = None, nonfinite: str = "raise", backend: str = "auto",
+                           progress: bool = False):
     """For every sample j, the largest cosine similarity M_j to a sample of its cluster that comes
     earlier in ``order``, and that sample's index.
 
@@ -35,6 +36,7 @@ def cluster_max_similarity(x: Any, labels: Any, *, order: Any = None, nonfinite:
         order: a permutation of 0..N-1 (default: index order).
         nonfinite: ``"raise"`` on NaN/Inf rows, or ``"zero"`` them with a warning.
         backend: ``"auto" | "torch" | "triton" | "cuda"``.
+        progress: show a progress bar over clusters.
 
     Returns:
         (M float32 (N,), index int64 (N,)): M_j is the true maximum (it may be negative); where j has
@@ -47,7 +49,7 @@ def cluster_max_similarity(x: Any, labels: Any, *, order: Any = None, nonfinite:
     if n == 0:
         return torch.empty(0, dtype=torch.float32, device=x.device), torch.empty(0, dtype=torch.int64, device=x.device)
     _, impl = resolve("cluster_max_similarity", backend, x.device)
-    return impl.max_similarity(_normalized(x), labels, order)
+    return impl.max_similarity(_normalized(x), labels, order, progress=progress)
 
 
 def semdedup_order(x: Any, labels: Any, mode: str = "hard", *, centroids: Any = None, seed: int = 0) -> torch.Tensor:

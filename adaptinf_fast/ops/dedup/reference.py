@@ -9,6 +9,7 @@ block plus O(N): never n_c².
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 ROW_TILE = 512
 COL_CHUNK = 4096
@@ -26,7 +27,7 @@ def cluster_major(labels: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return order[torch.argsort(labels[order], stable=True)]
 
 
-def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor):
+def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, progress: bool = False):
     """For L2-normalised float32 rows ``xn`` (N, D): (M float32 (N,), argmax int64 (N,)).
 
     M_j is the largest cosine similarity to an earlier (in ``order``) sample of j's cluster, -inf
@@ -37,7 +38,8 @@ def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor):
     xs = xn[perm]
     best = torch.full((n,), float("-inf"), dtype=torch.float32, device=xn.device)
     arg = torch.full((n,), -1, dtype=torch.int64, device=xn.device)
-    for start, end in cluster_offsets(labels[perm]):
+    spans = cluster_offsets(labels[perm])
+    for start, end in tqdm(spans, desc="max similarity", unit="cluster", disable=not progress, leave=False):
         for r0 in range(start + 1, end, ROW_TILE):  # the cluster's first sample has no predecessor
             r1 = min(end, r0 + ROW_TILE)
             rows = xs[r0:r1]

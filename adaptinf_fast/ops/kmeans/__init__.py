@@ -10,6 +10,7 @@ import torch
 
 from ... import _validate
 from ...backends import resolve
+from .elbow import elbow, format_elbow, plot_elbow
 from .init import default_init_size, kmeans_plusplus, random_init
 from .lloyd import LloydResult, lloyd
 
