@@ -16,7 +16,9 @@ def as_tensor(x: Any, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
+        with warnings.catch_warnings():  # read-only memmaps: inputs are never written to
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(np.ascontiguousarray(x))
     try:
         return torch.as_tensor(np.asarray(x))
     except Exception as exc:  # noqa: BLE001 - re-raised with the argument's name

@@ -19,19 +19,20 @@ import torch
 
 log = logging.getLogger("adaptinf_fast")
 
-BACKENDS = ("torch", "triton", "cuda")
+BACKENDS = ("torch", "triton", "cuda", "faiss")  # faiss: k-means assignment only, never chosen by "auto"
 _GPU_PREFERENCE = ("cuda", "triton", "torch")
 
 # op -> backend -> module path. A backend is listed only once it is implemented.
 _REGISTRY: dict[str, dict[str, str]] = {
     "project": {"torch": "adaptinf_fast.ops.projection.reference", "triton": "adaptinf_fast.ops.projection.triton"},
-    "kmeans_assign": {"torch": "adaptinf_fast.ops.kmeans.reference"},
+    "kmeans_assign": {"torch": "adaptinf_fast.ops.kmeans.reference", "faiss": "adaptinf_fast.ops.kmeans.faiss_backend"},
     "cluster_max_similarity": {"torch": "adaptinf_fast.ops.dedup.reference"},
 }
 
 _INSTALL_HINT = {
     "triton": "install triton (`pip install triton`) and run on a CUDA GPU, or set TRITON_INTERPRET=1 to "
     "run Triton kernels on CPU tensors (slow, for tests)",
+    "faiss": "install faiss (`pip install adaptinf-fast[faiss]`, or faiss-gpu for CUDA tensors)",
     "cuda": "build adaptinf_fast._C with a CUDA compiler (`pip install --no-build-isolation -e .` with nvcc "
     "on PATH) and run on a CUDA GPU",
 }
@@ -70,6 +71,15 @@ def _why_unusable(backend: str, device: torch.device) -> str | None:
         if device.type == "cuda" or triton_interpreting():
             return None
         return "the Triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)"
+    if backend == "faiss":
+        if importlib.util.find_spec("faiss") is None:
+            return "faiss is not installed"
+        if device.type == "cuda":
+            import faiss
+
+            if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+                return "this faiss build has no GPU support"
+        return None
     if backend == "cuda":
         if cuda_extension() is None:
             return "adaptinf_fast._C was not built (no CUDA compiler at install time)"

@@ -17,6 +17,7 @@ def test_available_backends_lists_every_op_with_torch():
     assert set(avail) == {"project", "kmeans_assign", "cluster_max_similarity"}
     assert all("torch" in v for v in avail.values())
     assert all("cuda" not in v for v in avail.values())  # CUDA kernels never take CPU tensors
+    assert "faiss" not in avail["project"]
 
 
 def test_auto_sends_cpu_tensors_to_torch_even_when_interpreting(monkeypatch):

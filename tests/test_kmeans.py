@@ -172,3 +172,17 @@ def test_elbow_table_and_plot(tmp_path):
     from adaptinf_fast.ops.kmeans import format_elbow, plot_elbow
 
     assert "inertia" in format_elbow(rows) and plot_elbow(rows, tmp_path / "e.png").stat().st_size > 1000
+
+
+def test_faiss_backend_assignment_and_fit(rng):
+    pytest.importorskip("faiss")  # in the test extra
+    x = torch.randn(500, 12, generator=rng)
+    c = torch.randn(9, 12, generator=rng)
+    for metric in ("l2", "cosine"):
+        labels, value = af.kmeans_assign(x, c, metric=metric, backend="faiss")
+        scores, best = brute_assign(x, c, metric)
+        torch.testing.assert_close(scores.gather(1, labels.unsqueeze(1)).squeeze(1), best, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(value.double(), best, rtol=1e-4, atol=1e-4)
+    data = load_digits().data.astype(np.float32)
+    ours, via_faiss = af.KMeans(10, seed=0).fit(data), af.KMeans(10, seed=0, backend="faiss").fit(data)
+    assert via_faiss.inertia_ == pytest.approx(ours.inertia_, rel=1e-3)

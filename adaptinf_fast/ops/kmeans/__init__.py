@@ -12,7 +12,8 @@ from ... import _validate
 from ...backends import resolve
 from .elbow import elbow, format_elbow, plot_elbow
 from .init import default_init_size, kmeans_plusplus, random_init
-from .lloyd import LloydResult, lloyd
+from .lloyd import Comm, Data, LloydResult, global_rows, tolerance
+from .lloyd import lloyd as run_lloyd
 
 METRICS = ("l2", "cosine")
 
@@ -56,6 +57,18 @@ def kmeans_assign(x: Any, centroids: Any, *, metric: str = "l2", nonfinite: str 
     return impl.assign(_prepare(x, metric), _prepare(c, metric), metric)
 
 
+def _check_finite_chunked(x: torch.Tensor, name: str, rows: int = 1 << 16) -> None:
+    """Raise on NaN/Inf rows without converting the whole (possibly memory-mapped) array at once."""
+    bad, first = 0, []
+    for r0 in range(0, x.shape[0], rows):
+        rb = ~torch.isfinite(x[r0 : r0 + rows]).all(dim=1)
+        if rb.any():
+            bad += int(rb.sum())
+            first += (rb.nonzero().flatten() + r0)[: 5 - len(first)].tolist()
+    if bad:
+        raise ValueError(f"{name} has {bad} row(s) with NaN or Inf (first: {first}); clean them or pass nonfinite='zero'")
+
+
 class KMeans:
     """Lloyd's k-means with greedy k-means++ seeding; scikit-learn's estimator interface.
 
@@ -72,6 +85,7 @@ class KMeans:
         seed: seed of every random choice; the same seed gives the same result on the same backend.
         nonfinite: ``"raise"`` on NaN/Inf rows, or ``"zero"`` them with a warning.
         backend: assignment backend, ``"auto" | "torch" | "triton" | "cuda"``.
+        device: where to compute (default: where the data is); host data is streamed to it in chunks.
         progress: show a progress bar over iterations.
 
     Attributes (after ``fit``): ``cluster_centers_`` float32 (K, D), ``labels_`` int64 (N,),
@@ -96,6 +110,7 @@ class KMeans:
         seed: int = 0,
         nonfinite: str = "raise",
         backend: str = "auto",
+        device: str | torch.device | None = None,
         progress: bool = False,
     ):
         self.n_clusters = _validate.positive_int(n_clusters, "n_clusters")
@@ -112,47 +127,67 @@ class KMeans:
         self.seed = _validate.positive_int(seed, "seed", minimum=0)
         self.nonfinite = nonfinite
         self.backend = backend
+        self.device = device
         self.progress = progress
 
     # -- fitting -------------------------------------------------------------------------------
-    def _initial_centers(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _initial_centers(self, data: Data, comm: Comm, generator: torch.Generator) -> torch.Tensor:
+        """The same centres on every rank: seeding runs on a global subsample gathered in one order."""
         k = self.n_clusters
+        sizes = comm.sizes(data.n)
+        n, offset = sum(sizes), sum(sizes[: comm.rank])
         if isinstance(self.init, str):
+            size = k if self.init == "random" else min(n, self.init_size or default_init_size(n, k))
+            idx = torch.randperm(n, generator=generator)[:size] if size < n else torch.arange(n)
+            sample = global_rows(data, comm, idx, offset)
             if self.init == "random":
-                return random_init(x, k, generator)
-            size = self.init_size or default_init_size(x.shape[0], k)
-            return kmeans_plusplus(x, k, generator, min(size, x.shape[0]))
+                return sample
+            return kmeans_plusplus(sample, k, generator, sample.shape[0])
         c = _validate.float_matrix(self.init, "init", shape_hint="(K, D)")
-        if tuple(c.shape) != (k, x.shape[1]):
-            raise ValueError(f"init has shape {tuple(c.shape)}; expected ({k}, {x.shape[1]})")
+        if tuple(c.shape) != (k, data.d):
+            raise ValueError(f"init has shape {tuple(c.shape)}; expected ({k}, {data.d})")
         _validate.check_finite(c, "init", "raise")
-        return _prepare(c.to(x.device), self.metric)
+        return _prepare(c.to(data.device), self.metric)
 
     def fit(self, x: Any, y: Any = None) -> "KMeans":
-        """Fit on (N, D) float data (NumPy or torch, any device the backend supports)."""
+        """Fit on (N, D) float data: a torch tensor, a NumPy array or a NumPy memmap.
+
+        Data is processed in row chunks on ``device`` (default: the data's device), so a memmap or
+        host tensor larger than device memory is streamed. Under an initialised
+        ``torch.distributed`` process group each rank passes its own shard; all ranks end with the
+        centres a single process would get on the union, and ``labels_`` for their shard.
+        """
         as_numpy = isinstance(x, np.ndarray)
-        x = _validate.check_finite(_validate.float_matrix(x, "x"), "x", self.nonfinite)
-        n = x.shape[0]
-        if self.n_clusters > n:
-            raise ValueError(f"n_clusters={self.n_clusters} is larger than the number of samples ({n})")
+        if as_numpy and not isinstance(x, np.memmap):
+            x = np.ascontiguousarray(x)
+        t = _validate.float_matrix(x, "x")
+        comm = Comm()
+        if self.nonfinite == "raise":
+            _check_finite_chunked(t, "x")
+        else:
+            t = _validate.check_finite(t, "x", self.nonfinite)
+        n_total = sum(comm.sizes(t.shape[0]))
+        if self.n_clusters > n_total:
+            raise ValueError(f"n_clusters={self.n_clusters} is larger than the number of samples ({n_total})")
         if not isinstance(self.init, str) and self.n_init != 1:
             warnings.warn("explicit init array: n_init is ignored (one run)", RuntimeWarning, stacklevel=2)
-        _, impl = resolve("kmeans_assign", self.backend, x.device)
-        xf = _prepare(x, self.metric)
-        tol = self.tol * float(xf.var(dim=0, unbiased=False).mean()) if n > 1 else 0.0
+        device = torch.device(self.device) if self.device is not None else t.device
+        _, impl = resolve("kmeans_assign", self.backend, device)
+        data = Data(t, self.metric, device)
+        tol = tolerance(data, comm, self.tol)
         generator = torch.Generator().manual_seed(self.seed)
         best: LloydResult | None = None
         runs = self.n_init if isinstance(self.init, str) else 1
         for _ in range(runs):
-            centers = self._initial_centers(xf, generator)
-            result = lloyd(
-                xf, centers, lambda a, c: impl.assign(a, c, self.metric), metric=self.metric,
-                max_iter=self.max_iter, tol=tol, progress=self.progress,
-            )
+            centers = self._initial_centers(data, comm, generator)
+            result = run_lloyd(data, centers, lambda a, c: impl.assign(a, c, self.metric), metric=self.metric,
+                           max_iter=self.max_iter, tol=tol, comm=comm, progress=self.progress)
             if best is None or result.inertia < best.inertia:
                 best = result
         assert best is not None
-        distinct = int(torch.unique(best.labels).numel())
+        found = torch.zeros(self.n_clusters, dtype=torch.int64, device=device)
+        found[best.labels] = 1
+        distinct = int((comm.sum_(found) > 0).sum())
         if distinct < self.n_clusters:
             warnings.warn(
                 f"found {distinct} distinct clusters, fewer than n_clusters={self.n_clusters} "

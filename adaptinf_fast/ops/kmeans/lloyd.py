@@ -1,22 +1,80 @@
-"""Lloyd iterations around a backend's assignment step (DESIGN §4.2)."""
+"""Lloyd iterations over chunked data, optionally across ``torch.distributed`` ranks (DESIGN §4.2).
+
+The data is visited in row chunks, each moved to the compute device and prepared (float32,
+L2-normalised for cosine) on the fly, so a NumPy memmap or a host tensor larger than device memory
+is streamed with O(chunk) extra memory (pinned host buffers, asynchronous copies). Per iteration
+each chunk is assigned, and centroid sums (float64) and counts are accumulated; under an
+initialised process group they are all-reduced, so every rank ends with the same centroids as a
+single process fitting the union of the shards.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 Assign = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+CHUNK_BYTES = 256 << 20  # float32 bytes of one prepared chunk
 
 
 @dataclass
 class LloydResult:
     centers: torch.Tensor  # float32 (K, D)
-    labels: torch.Tensor  # int64 (N,)
-    inertia: float
+    labels: torch.Tensor  # int64 (N_local,)
+    inertia: float  # global
     n_iter: int
+
+
+class Comm:
+    """All-reduce helpers that are no-ops without an initialised multi-process group."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.dist = dist if on else None
+        self.rank = dist.get_rank() if on else 0
+        self.world = dist.get_world_size() if on else 1
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.dist is not None:
+            self.dist.all_reduce(t)
+        return t
+
+    def sizes(self, n: int) -> list[int]:
+        if self.dist is None:
+            return [n]
+        out = [None] * self.world
+        self.dist.all_gather_object(out, n)
+        return out
+
+
+class Data:
+    """Rows to cluster (tensor or NumPy array, any float dtype), served as prepared device chunks."""
+
+    def __init__(self, x, metric: str, device: torch.device, chunk_rows: int | None = None):
+        self.x = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+        self.n, self.d = self.x.shape
+        self.metric, self.device = metric, device
+        self.chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (4 * max(self.d, 1)))
+        self.stream = self.x.device != device and device.type == "cuda"
+
+    def prepare(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.stream:
+            rows = rows.pin_memory().to(self.device, non_blocking=True)
+        rows = rows.to(self.device, torch.float32)
+        return torch.nn.functional.normalize(rows, dim=1) if self.metric == "cosine" else rows
+
+    def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        for start in range(0, self.n, self.chunk_rows):
+            yield start, self.prepare(self.x[start : start + self.chunk_rows])
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.prepare(self.x[idx.to(self.x.device)])
 
 
 def sq_distance_from(values: torch.Tensor, metric: str) -> torch.Tensor:
@@ -24,50 +82,94 @@ def sq_distance_from(values: torch.Tensor, metric: str) -> torch.Tensor:
     return (2.0 - 2.0 * values).clamp_min_(0.0) if metric == "cosine" else values
 
 
-def update_centers(x, labels, dist, k: int, metric: str) -> torch.Tensor:
-    """Cluster means (float64 sums); an empty cluster takes the point of the largest cluster that is
-    farthest from its centroid, which splits that cluster at the next assignment."""
-    sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
-    sums.index_add_(0, labels, x.double())
-    counts = torch.bincount(labels, minlength=k)
-    empty = (counts == 0).nonzero().flatten().tolist()
-    if empty:
-        labels = labels.clone()
-        dist = dist.clone()
-        for e in empty:
-            big = int(torch.argmax(counts))
-            member_dist = torch.where(labels == big, dist, torch.full_like(dist, -1.0))
-            p = int(torch.argmax(member_dist))
-            sums[big] -= x[p].double()
-            sums[e] = x[p].double()
-            counts[big] -= 1
-            counts[e] = 1
-            labels[p] = e
-            dist[p] = -1.0
-    centers = (sums / counts.clamp_min(1).unsqueeze(1).double()).float()
-    if metric == "cosine":
-        centers = torch.nn.functional.normalize(centers, dim=1)
-    return centers
+def global_rows(data: Data, comm: Comm, idx: torch.Tensor, offset: int) -> torch.Tensor:
+    """Rows at global indices ``idx`` (same order on every rank), from whichever rank holds them."""
+    local = (idx >= offset) & (idx < offset + data.n)
+    out = torch.zeros(idx.numel(), data.d, dtype=torch.float32, device=data.device)
+    if local.any():
+        out[local] = data.rows(idx[local] - offset)
+    return comm.sum_(out)
 
 
-def lloyd(x, centers, assign: Assign, *, metric: str, max_iter: int, tol: float, progress: bool = False) -> LloydResult:
-    """Iterate assign/update until labels stop changing or the squared centre shift is <= tol."""
+def tolerance(data: Data, comm: Comm, tol: float) -> float:
+    """scikit-learn's relative tolerance: tol × mean per-feature variance of the (prepared) data."""
+    s1 = torch.zeros(data.d, dtype=torch.float64, device=data.device)
+    s2 = torch.zeros_like(s1)
+    for _, xc in data.chunks():
+        s1 += xc.double().sum(0)
+        s2 += xc.double().pow(2).sum(0)
+    comm.sum_(s1)
+    comm.sum_(s2)
+    n = sum(comm.sizes(data.n))
+    return float(tol * (s2 / n - (s1 / n) ** 2).clamp_min(0).mean()) if n > 1 else 0.0
+
+
+def _reseed_empty(data, comm, sums, counts, labels, dist) -> None:
+    """Each empty cluster takes the point of the largest cluster farthest from its centroid (which
+    splits that cluster at the next assignment); chosen across ranks, ties to the lowest rank."""
+    dist = dist.clone()
+    for e in (counts == 0).nonzero().flatten().tolist():
+        big = int(torch.argmax(counts))
+        member = torch.where(labels == big, dist, torch.full_like(dist, -1.0))
+        local_best = int(torch.argmax(member)) if member.numel() else -1
+        best_val = float(member[local_best]) if local_best >= 0 else -1.0
+        cand = torch.tensor([best_val, -comm.rank], dtype=torch.float64, device=sums.device)
+        all_cands = [torch.zeros_like(cand) for _ in range(comm.world)]
+        if comm.dist is not None:
+            comm.dist.all_gather(all_cands, cand)
+        else:
+            all_cands = [cand]
+        winner = max(range(comm.world), key=lambda r: (float(all_cands[r][0]), float(all_cands[r][1])))
+        row = torch.zeros(data.d, dtype=torch.float64, device=sums.device)
+        if winner == comm.rank:
+            row += data.rows(torch.tensor([local_best]))[0].double()
+            dist[local_best] = -1.0
+        comm.sum_(row)
+        sums[big] -= row
+        sums[e] = row
+        counts[big] -= 1
+        counts[e] = 1
+
+
+def lloyd(data: Data, centers: torch.Tensor, assign: Assign, *, metric: str, max_iter: int, tol: float,
+          comm: Comm, progress: bool = False) -> LloydResult:
+    """Iterate assign/update until no label changes on any rank or the squared centre shift is <= tol."""
     k = centers.shape[0]
-    prev = None
+    labels = torch.full((data.n,), -1, dtype=torch.int64, device=data.device)
+    dist = torch.zeros(data.n, dtype=torch.float32, device=data.device)
     n_iter = 0
-    bar = tqdm(total=max_iter, desc="k-means", unit="it", disable=not progress, leave=False)
+    bar = tqdm(total=max_iter, desc="k-means", unit="it", disable=not progress or comm.rank != 0, leave=False)
     for n_iter in range(1, max_iter + 1):
-        labels, values = assign(x, centers)
-        new = update_centers(x, labels, sq_distance_from(values, metric), k, metric)
+        sums = torch.zeros(k, data.d, dtype=torch.float64, device=data.device)
+        counts = torch.zeros(k, dtype=torch.int64, device=data.device)
+        changed = torch.zeros(1, dtype=torch.int64, device=data.device)
+        for start, xc in data.chunks():
+            lab, val = assign(xc, centers)
+            changed += (labels[start : start + len(lab)] != lab).sum()
+            labels[start : start + len(lab)] = lab
+            dist[start : start + len(lab)] = sq_distance_from(val, metric)
+            sums.index_add_(0, lab, xc.double())
+            counts += torch.bincount(lab, minlength=k)
+        comm.sum_(sums)
+        comm.sum_(counts)
+        comm.sum_(changed)
+        if (counts == 0).any():
+            _reseed_empty(data, comm, sums, counts, labels, dist)
+        new = (sums / counts.clamp_min(1).unsqueeze(1)).float()
+        if metric == "cosine":
+            new = torch.nn.functional.normalize(new, dim=1)
         shift = float((new - centers).pow(2).sum())
         centers = new
         bar.update(1)
-        if prev is not None and torch.equal(labels, prev):
+        if n_iter > 1 and int(changed) == 0:
             break
-        prev = labels
         if shift <= tol:
             break
     bar.close()
-    labels, values = assign(x, centers)  # labels consistent with the final centres
-    inertia = float(sq_distance_from(values, metric).double().sum())
-    return LloydResult(centers, labels, inertia, n_iter)
+    inertia = torch.zeros(1, dtype=torch.float64, device=data.device)
+    for start, xc in data.chunks():  # labels consistent with the final centres
+        lab, val = assign(xc, centers)
+        labels[start : start + len(lab)] = lab
+        inertia += sq_distance_from(val, metric).double().sum()
+    comm.sum_(inertia)
+    return LloydResult(centers, labels, float(inertia), n_iter)
