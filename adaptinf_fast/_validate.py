@@ -35,13 +35,25 @@ def float_matrix(x: Any, name: str, *, shape_hint: str = "(N, D)") -> torch.Tens
     return x
 
 
+def nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
+    """Bool mask of rows holding NaN/Inf. One cheap pass (a row's sum is finite unless it holds
+    NaN/Inf or overflows), then an exact check of the few suspicious rows."""
+    if x.dim() == 1:
+        return ~torch.isfinite(x)
+    suspicious = ~torch.isfinite(x.sum(dim=-1, dtype=torch.float32 if x.dtype != torch.float64 else None))
+    if suspicious.any():
+        idx = suspicious.nonzero().flatten()
+        suspicious[idx] = ~torch.isfinite(x[idx]).all(dim=-1)
+    return suspicious
+
+
 def check_finite(x: torch.Tensor, name: str, nonfinite: str) -> torch.Tensor:
     """Raise on rows holding NaN/Inf (default), or zero them and warn with the count (``"zero"``)."""
     if nonfinite not in ("raise", "zero"):
         raise ValueError(f"nonfinite is {nonfinite!r}; expected 'raise' or 'zero'")
     if x.numel() == 0:
         return x
-    bad = ~torch.isfinite(x).all(dim=-1) if x.dim() > 1 else ~torch.isfinite(x)
+    bad = nonfinite_rows(x)
     n_bad = int(bad.sum())
     if n_bad == 0:
         return x

@@ -25,8 +25,9 @@ _GPU_PREFERENCE = ("cuda", "triton", "torch")
 # op -> backend -> module path. A backend is listed only once it is implemented.
 _REGISTRY: dict[str, dict[str, str]] = {
     "project": {"torch": "adaptinf_fast.ops.projection.reference", "triton": "adaptinf_fast.ops.projection.triton"},
-    "kmeans_assign": {"torch": "adaptinf_fast.ops.kmeans.reference", "faiss": "adaptinf_fast.ops.kmeans.faiss_backend"},
-    "cluster_max_similarity": {"torch": "adaptinf_fast.ops.dedup.reference"},
+    "kmeans_assign": {"torch": "adaptinf_fast.ops.kmeans.reference", "triton": "adaptinf_fast.ops.kmeans.triton",
+                      "faiss": "adaptinf_fast.ops.kmeans.faiss_backend"},
+    "cluster_max_similarity": {"torch": "adaptinf_fast.ops.dedup.reference", "triton": "adaptinf_fast.ops.dedup.triton"},
 }
 
 _INSTALL_HINT = {

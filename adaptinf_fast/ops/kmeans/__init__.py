@@ -57,11 +57,11 @@ def kmeans_assign(x: Any, centroids: Any, *, metric: str = "l2", nonfinite: str 
     return impl.assign(_prepare(x, metric), _prepare(c, metric), metric)
 
 
-def _check_finite_chunked(x: torch.Tensor, name: str, rows: int = 1 << 16) -> None:
+def _check_finite_chunked(x: torch.Tensor, name: str, rows: int = 1 << 18) -> None:
     """Raise on NaN/Inf rows without converting the whole (possibly memory-mapped) array at once."""
     bad, first = 0, []
     for r0 in range(0, x.shape[0], rows):
-        rb = ~torch.isfinite(x[r0 : r0 + rows]).all(dim=1)
+        rb = _validate.nonfinite_rows(x[r0 : r0 + rows])
         if rb.any():
             bad += int(rb.sum())
             first += (rb.nonzero().flatten() + r0)[: 5 - len(first)].tolist()
@@ -180,7 +180,8 @@ class KMeans:
         runs = self.n_init if isinstance(self.init, str) else 1
         for _ in range(runs):
             centers = self._initial_centers(data, comm, generator)
-            result = run_lloyd(data, centers, lambda a, c: impl.assign(a, c, self.metric), metric=self.metric,
+            result = run_lloyd(data, centers, lambda a, c, xsq: impl.assign(a, c, self.metric, x_sqnorm=xsq),
+                               metric=self.metric,
                            max_iter=self.max_iter, tol=tol, comm=comm, progress=self.progress)
             if best is None or result.inertia < best.inertia:
                 best = result

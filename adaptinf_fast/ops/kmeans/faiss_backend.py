@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 
-def assign(x: torch.Tensor, centroids: torch.Tensor, metric: str):
+def assign(x: torch.Tensor, centroids: torch.Tensor, metric: str, x_sqnorm: torch.Tensor | None = None):
     import faiss
 
     xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)

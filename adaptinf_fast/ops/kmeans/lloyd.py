@@ -3,7 +3,7 @@
 The data is visited in row chunks, each moved to the compute device and prepared (float32,
 L2-normalised for cosine) on the fly, so a NumPy memmap or a host tensor larger than device memory
 is streamed with O(chunk) extra memory (pinned host buffers, asynchronous copies). Per iteration
-each chunk is assigned, and centroid sums (float64) and counts are accumulated; under an
+each chunk is assigned, and centroid sums (float32 per chunk, float64 across chunks) and counts are accumulated; under an
 initialised process group they are all-reduced, so every rank ends with the same centroids as a
 single process fitting the union of the shards.
 """
@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-Assign = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+# assign(x_chunk, centroids, x_sqnorm or None) -> (labels, values)
+Assign = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], "tuple[torch.Tensor, torch.Tensor]"]
 CHUNK_BYTES = 256 << 20  # float32 bytes of one prepared chunk
 
 
@@ -62,6 +63,14 @@ class Data:
         self.metric, self.device = metric, device
         self.chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (4 * max(self.d, 1)))
         self.stream = self.x.device != device and device.type == "cuda"
+        self._sqnorms: dict[int, torch.Tensor] = {}  # row norms are fixed: computed once per chunk
+
+    def sqnorms(self, start: int, xc: torch.Tensor) -> torch.Tensor | None:
+        if self.metric == "cosine":
+            return None
+        if start not in self._sqnorms:
+            self._sqnorms[start] = torch.linalg.vector_norm(xc, dim=1).square_()
+        return self._sqnorms[start]
 
     def prepare(self, rows: torch.Tensor) -> torch.Tensor:
         if self.stream:
@@ -92,16 +101,20 @@ def global_rows(data: Data, comm: Comm, idx: torch.Tensor, offset: int) -> torch
 
 
 def tolerance(data: Data, comm: Comm, tol: float) -> float:
-    """scikit-learn's relative tolerance: tol × mean per-feature variance of the (prepared) data."""
-    s1 = torch.zeros(data.d, dtype=torch.float64, device=data.device)
-    s2 = torch.zeros_like(s1)
+    """scikit-learn's relative tolerance: tol × mean per-feature variance of the (prepared) data.
+    Per-chunk float32 moments, combined in float64 (and across ranks)."""
+    stats = torch.zeros(3, data.d, dtype=torch.float64, device=data.device)  # count, Σx, Σx²
     for _, xc in data.chunks():
-        s1 += xc.double().sum(0)
-        s2 += xc.double().pow(2).sum(0)
-    comm.sum_(s1)
-    comm.sum_(s2)
-    n = sum(comm.sizes(data.n))
-    return float(tol * (s2 / n - (s1 / n) ** 2).clamp_min(0).mean()) if n > 1 else 0.0
+        var, mean = torch.var_mean(xc, dim=0, unbiased=False)
+        n = xc.shape[0]
+        stats[0] += n
+        stats[1] += mean.double() * n
+        stats[2] += (var.double() + mean.double().pow(2)) * n
+    comm.sum_(stats)
+    n = float(stats[0, 0]) if data.d else 0.0
+    if n <= 1:
+        return 0.0
+    return float(tol * (stats[2] / n - (stats[1] / n).pow(2)).clamp_min(0).mean())
 
 
 def _reseed_empty(data, comm, sums, counts, labels, dist) -> None:
@@ -144,11 +157,12 @@ def lloyd(data: Data, centers: torch.Tensor, assign: Assign, *, metric: str, max
         counts = torch.zeros(k, dtype=torch.int64, device=data.device)
         changed = torch.zeros(1, dtype=torch.int64, device=data.device)
         for start, xc in data.chunks():
-            lab, val = assign(xc, centers)
+            lab, val = assign(xc, centers, data.sqnorms(start, xc))
             changed += (labels[start : start + len(lab)] != lab).sum()
             labels[start : start + len(lab)] = lab
             dist[start : start + len(lab)] = sq_distance_from(val, metric)
-            sums.index_add_(0, lab, xc.double())
+            # float32 sums per chunk (no float64 copy of X each iteration), accumulated in float64
+            sums += torch.zeros(k, data.d, dtype=torch.float32, device=data.device).index_add_(0, lab, xc).double()
             counts += torch.bincount(lab, minlength=k)
         comm.sum_(sums)
         comm.sum_(counts)
@@ -168,7 +182,7 @@ def lloyd(data: Data, centers: torch.Tensor, assign: Assign, *, metric: str, max
     bar.close()
     inertia = torch.zeros(1, dtype=torch.float64, device=data.device)
     for start, xc in data.chunks():  # labels consistent with the final centres
-        lab, val = assign(xc, centers)
+        lab, val = assign(xc, centers, data.sqnorms(start, xc))
         labels[start : start + len(lab)] = lab
         inertia += sq_distance_from(val, metric).double().sum()
     comm.sum_(inertia)

@@ -5,19 +5,21 @@ from __future__ import annotations
 import torch
 
 # Rows per chunk are chosen so one chunk's N×K score block stays near this many float32 entries.
-CHUNK_ENTRIES = 1 << 22
+CHUNK_ENTRIES = 1 << 24
 
 
 def _rows_per_chunk(k: int) -> int:
     return max(256, CHUNK_ENTRIES // max(k, 1))
 
 
-def assign(x: torch.Tensor, centroids: torch.Tensor, metric: str, c_sqnorm: torch.Tensor | None = None):
+def assign(x: torch.Tensor, centroids: torch.Tensor, metric: str, c_sqnorm: torch.Tensor | None = None,
+           x_sqnorm: torch.Tensor | None = None):
     """Nearest centroid per row of float32 ``x`` (N, D) among float32 ``centroids`` (K, D).
 
     For ``"l2"`` returns (labels int64, squared L2 distance float32), computed as
     ‖x‖² − 2 x·c + ‖c‖² and clamped at 0. For ``"cosine"`` rows and centroids must already be
-    L2-normalised; returns (labels, cosine similarity). Ties go to the lowest centroid index
+    L2-normalised; returns (labels, cosine similarity). ``x_sqnorm``: precomputed ‖x‖² (optional).
+    Ties go to the lowest centroid index
     (``torch.min``/``torch.max`` along a dim return the first extreme index).
     """
     n = x.shape[0]
@@ -34,6 +36,7 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, metric: str, c_sqnorm: torc
         else:
             # argmin of ‖c‖² − 2 x·c is the nearest centroid; add ‖x‖² only to the winners.
             best, idx = (c_sqnorm - 2.0 * dots).min(dim=1)
-            values[r0 : r0 + step] = (best + xc.pow(2).sum(1)).clamp_min_(0.0)
+            xsq = x_sqnorm[r0 : r0 + step] if x_sqnorm is not None else torch.linalg.vector_norm(xc, dim=1).square_()
+            values[r0 : r0 + step] = (best + xsq).clamp_min_(0.0)
             labels[r0 : r0 + step] = idx
     return labels, values
