@@ -7,19 +7,11 @@ import torch
 
 import adaptinf_fast as af
 from conftest import kernel_cases
+from test_kmeans import brute_assign as brute
 
 CASES = kernel_cases("kmeans_assign")
 CASES = [c for c in CASES if c.values[0] != "faiss"]
 pytestmark = pytest.mark.skipif(not CASES, reason="no k-means kernel can run here")
-
-
-def brute(x, c, metric):
-    x, c = x.double(), c.double()
-    if metric == "cosine":
-        s = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(c, dim=1).T
-        return s, s.max(1).values
-    d = torch.cdist(x, c).pow(2)
-    return d, d.min(1).values
 
 
 @pytest.mark.parametrize("backend,device", CASES)

@@ -56,6 +56,11 @@ def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, 
                 better = m > tile_best
                 tile_best[better] = m[better]
                 tile_arg[better] = i[better] + c0
+    return to_original_order(perm, best, arg)
+
+
+def to_original_order(perm: torch.Tensor, best: torch.Tensor, arg: torch.Tensor):
+    """Results computed in cluster-major order (positions in ``perm``) back to original indices."""
     m_out = torch.empty_like(best)
     m_out[perm] = best
     arg_out = torch.full_like(arg, -1)

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .. import _triton_util as tu
-from .reference import cluster_major
+from .reference import cluster_major, to_original_order
 
 
 @triton.jit
@@ -77,9 +77,4 @@ def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, 
     _max_sim_kernel[(len(tiles),)](xs, cstart, tiles, best, arg, n, d, xs.stride(0), xs.stride(1),
                                    BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, DOT_DTYPE=dot_dtype, PRECISION=precision,
                                    INTERPRET=tu.interpreting(), num_warps=4)
-    m_out = torch.empty_like(best)
-    m_out[perm] = best
-    arg_out = torch.full_like(arg, -1)
-    has = arg >= 0
-    arg_out[perm[has]] = perm[arg[has]]
-    return m_out, arg_out
+    return to_original_order(perm, best, arg)
