@@ -20,6 +20,7 @@ import torch
 
 log = logging.getLogger("adaptinf_fast")
 IMAGE_PLACEHOLDER = "<image>"
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -41,10 +42,9 @@ class Encoder:
     on_overflow: str = "truncate"  # or "error"
     pad_token_id: int = 0
     truncated: int = field(default=0, init=False)
+    _warned: bool = field(default=False, init=False, repr=False)
 
     def _tok(self, text: str) -> list[int]:
-        if self.tokenizer is None:
-            raise ItemError("a conversation record needs a tokenizer (GradientFeaturizer(tokenizer=...))")
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _image(self, path: str) -> torch.Tensor:
@@ -60,42 +60,76 @@ class Encoder:
         t = torch.from_numpy(arr).permute(2, 0, 1)
         return (t - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
 
+    def _tok_with_images(self, text: str) -> list[int]:
+        chunks = text.split(IMAGE_PLACEHOLDER)
+        ids = self._tok(chunks[0]) if chunks[0] else []
+        for chunk in chunks[1:]:
+            if self.image_token_id is None:
+                raise ItemError("record has <image> but the model has no image token")
+            ids += [self.image_token_id] * self.image_tokens + (self._tok(chunk) if chunk else [])
+        return ids
+
+    def _segments_from_template(self, turns: list[dict]) -> list[tuple[str, bool]] | None:
+        """(text, is_answer) pieces from the tokenizer's chat template, found by rendering growing
+        prefixes of the conversation; None when the template is not prefix-stable."""
+        tok = self.tokenizer
+        messages = [{"role": ROLES[t["from"]], "content": t["value"]} for t in turns]
+        segments, done = [], ""
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            prompt = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            full = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+            if not (prompt.startswith(done) and full.startswith(prompt)):
+                return None
+            segments += [(prompt[len(done):], False), (full[len(prompt):], True)]
+            done = full
+        rest = tok.apply_chat_template(messages, tokenize=False)
+        if not rest.startswith(done):
+            return None
+        return segments + ([(rest[len(done):], False)] if rest[len(done):] else [])
+
+    def _segments_fixed(self, turns: list[dict]) -> list[tuple[str, bool]]:
+        """LLaVA-1.5 (vicuna_v1) layout: "USER: ... ASSISTANT: answer</s>"."""
+        eos = getattr(self.tokenizer, "eos_token", None) or ""
+        segments = []
+        for t in turns:
+            if ROLES[t["from"]] == "assistant":
+                segments += [(" ASSISTANT: ", False), (t["value"] + (" " + eos if eos else ""), True)]
+            else:
+                segments.append(("USER: " + t["value"] + " ", False))
+        return segments
+
     def encode_record(self, rec: dict) -> dict:
         turns = rec.get("conversations")
         if not isinstance(turns, list) or not turns:
             raise ItemError("record has no 'conversations' list")
+        for turn in turns:
+            if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or turn.get("from") not in ROLES:
+                raise ItemError(f"malformed turn {turn!r}")
+        if not any(ROLES[t["from"]] == "assistant" and t["value"].strip() for t in turns):
+            raise ItemError("record has no response (no non-empty 'gpt' turn)")
+        if self.tokenizer is None:
+            raise ItemError("a conversation record needs a tokenizer (GradientFeaturizer(tokenizer=...))")
+        segments = None
+        if getattr(self.tokenizer, "chat_template", None):
+            segments = self._segments_from_template(turns)
+            if segments is None and not self._warned:
+                log.warning("the tokenizer's chat template is not prefix-stable; using the USER:/ASSISTANT: layout")
+                self._warned = True
+        if segments is None:
+            segments = self._segments_fixed(turns)
+            bos = getattr(self.tokenizer, "bos_token", None)
+            if bos:
+                segments.insert(0, (bos + " ", False))
         ids: list[int] = []
         labels: list[int] = []
-        bos = getattr(self.tokenizer, "bos_token_id", None)
-        eos = getattr(self.tokenizer, "eos_token_id", None)
-        if bos is not None:
-            ids.append(bos)
-            labels.append(-100)
-        has_response = False
-        for turn in turns:
-            who, text = turn.get("from"), turn.get("value")
-            if not isinstance(text, str) or who not in ("human", "gpt", "user", "assistant", "system"):
-                raise ItemError(f"malformed turn {turn!r}")
-            if who in ("gpt", "assistant"):
-                piece = self._tok(" ASSISTANT: ")
-                answer = self._tok(text) + ([eos] if eos is not None else [])
-                ids += piece + answer
-                labels += [-100] * len(piece) + answer
-                has_response = has_response or bool(text.strip())
-                continue
-            chunks = text.split(IMAGE_PLACEHOLDER)
-            piece = self._tok("USER: " + chunks[0])
-            for chunk in chunks[1:]:
-                if self.image_token_id is None:
-                    raise ItemError("record has <image> but the model has no image token")
-                piece += [self.image_token_id] * self.image_tokens + self._tok(chunk)
+        for text, is_answer in segments:
+            piece = self._tok(text) if is_answer else self._tok_with_images(text)
             ids += piece
-            labels += [-100] * len(piece)
-        if not has_response:
-            raise ItemError("record has no response (no non-empty 'gpt' turn)")
+            labels += piece if is_answer else [-100] * len(piece)
         out = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
-        n_placeholders = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in turns)
-        if n_placeholders:
+        if any(IMAGE_PLACEHOLDER in t["value"] for t in turns):
             if "image" not in rec:
                 raise ItemError("record has <image> but no 'image' path")
             out["pixel_values"] = self._image(rec["image"])
