@@ -135,6 +135,24 @@ class Encoder:
             out["pixel_values"] = self._image(rec["image"])
         return out
 
+    def encode_prompt(self, rec: dict) -> tuple[dict, str]:
+        """The prompt for the record's last answer (everything before it, ending with the
+        assistant's cue) and that answer: ({"input_ids", "pixel_values"?}, reference text)."""
+        turns = rec.get("conversations")
+        if not isinstance(turns, list) or len(turns) < 2 or ROLES.get(turns[-1].get("from")) != "assistant":
+            raise ItemError("an evaluation record must end with a 'gpt' turn (the reference answer)")
+        context = turns[:-1]
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": ROLES[t["from"]], "content": t["value"]} for t in context]
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            bos = getattr(self.tokenizer, "bos_token", None)
+            text = (bos + " " if bos else "") + "".join(t for t, _ in self._segments_fixed(context)) + " ASSISTANT: "
+        out = {"input_ids": torch.tensor(self._tok_with_images(text))}
+        if any(IMAGE_PLACEHOLDER in t["value"] for t in context):
+            out["pixel_values"] = self._image(rec["image"])
+        return out, turns[-1]["value"]
+
     def encode(self, item: Any) -> dict:
         if not isinstance(item, dict):
             raise ItemError(f"pool items must be dicts; got {type(item).__name__}")
