@@ -6,7 +6,6 @@ GPU: N=1M, D=1024, K=1000 Zipf-sized, and one cluster of 200k."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -6,7 +6,6 @@ per iteration = 2·N·K·D."""
 from __future__ import annotations
 
 import importlib.util
-import time
 
 import numpy as np
 import pytest

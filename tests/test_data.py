@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import torch
 from PIL import Image
 
 from adaptinf_fast.data import read_llava_json

@@ -60,14 +60,8 @@ def random_rows(n: int, gen: torch.Generator, min_len: int = 5, max_len: int = 1
 
 
 def word_tokenizer():
-    """A PreTrainedTokenizerFast over a fixed word list (no download)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """The package's offline word-level tokenizer over a fixed word list (no download)."""
+    from adaptinf_fast.data.demo_tasks import word_tokenizer as build
 
-    words = ["<pad>", "<s>", "</s>", "<unk>", "USER", ":", "ASSISTANT", "what", "is", "the", "digit", "colour",
-             "shown", "?", "red", "green", "blue", "one", "two", "three", "a", "square", "circle", "count"]
-    vocab = {w: i for i, w in enumerate(words)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    return build(["what", "is", "the", "digit", "colour", "shown", "red", "green", "blue", "one", "two",
+                  "three", "a", "square", "circle", "count"])

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..ops.projection import project
 from ..ops.projection.linear_grads import project_linear_grads
-from .batching import Encoder, ItemError, collate, encode_many
+from .batching import Encoder, collate, encode_many
 from .capture import Capture, grads_enabled_on
 from .featureset import FeatureSet
 from .lora import find_lora_targets

@@ -10,8 +10,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
 from ..selection import ccs_bins  # noqa: E402
 from .pool import PoolStore  # noqa: E402
 from .stage import Stage, StageConfig  # noqa: E402
@@ -71,4 +69,4 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-__all__ = ["write_plots", "torch"]
+__all__ = ["write_plots"]

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -346,4 +346,4 @@ def load_config(path: str | Path) -> list[StageConfig]:
     return [config_from_dict({**defaults, **s}) for s in stages]
 
 
-__all__ = ["STEPS", "Stage", "StageConfig", "asdict", "load_config", "read_config", "run_stage"]
+__all__ = ["STEPS", "Stage", "StageConfig", "load_config", "read_config", "run_stage"]

@@ -11,11 +11,12 @@ import torch
 from ... import _validate
 from ...backends import resolve
 from .elbow import elbow, format_elbow, plot_elbow
-from .init import default_init_size, kmeans_plusplus, random_init
+from .init import default_init_size, kmeans_plusplus
 from .lloyd import Comm, Data, LloydResult, global_rows, tolerance
 from .lloyd import lloyd as run_lloyd
 
 METRICS = ("l2", "cosine")
+__all__ = ["KMeans", "METRICS", "elbow", "format_elbow", "kmeans_assign", "plot_elbow"]
 
 
 def _check_metric(metric: Any) -> str:

@@ -1,4 +1,6 @@
-"""Centroid initialisation: greedy k-means++ (as scikit-learn) on an optional subsample, or random."""
+"""Centroid initialisation: greedy k-means++ (as scikit-learn) on an optional subsample.
+
+``init="random"`` needs no code of its own: it takes the first K rows of the seeded global subsample."""
 
 from __future__ import annotations
 
@@ -40,8 +42,3 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator, init_si
         closest, pot = d[best], pots[best]
         centers[c] = x[cand[best]]
     return centers
-
-
-def random_init(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """K distinct rows chosen uniformly at random."""
-    return x[torch.randperm(x.shape[0], generator=generator)[:k].to(x.device)].clone()
