@@ -46,39 +46,99 @@ def info() -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="adaptinf-fast", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="package, torch, triton, CUDA, _C and the backends per op")
-    demo = sub.add_parser("demo", help="run the ops on built-in synthetic gradients (no network)")
-    demo.add_argument("--out", type=Path, default=Path("adaptinf-demo"), help="output folder (summary.json)")
-    demo.add_argument("--n", type=int, default=3000, help="unique samples")
-    demo.add_argument("--duplicates", type=int, default=1000, help="planted near-duplicates")
-    demo.add_argument("--in-dim", type=int, default=32768, help="length of each synthetic gradient")
-    demo.add_argument("--out-dim", type=int, default=512, help="projection width")
-    demo.add_argument("--clusters", type=int, default=8, help="pseudo-skills K")
-    demo.add_argument("--eps", type=float, default=0.05, help="SemDeDup threshold eps")
-    demo.add_argument("--budget", type=int, default=None, help="pool size after pruning (default 5/8 of the pool)")
-    demo.add_argument("--seed", type=int, default=0)
-    from .lifelong.cli import add_parsers, run as run_pool_command
+def _quiet_transformers() -> None:
+    """The demo's own progress is enough: no weight-loading bars or deprecation chatter."""
+    import warnings
 
-    add_parsers(sub)
-    args = parser.parse_args(argv)
-    if args.command == "info":
-        return info()
-    if args.command != "demo":
-        try:
-            return run_pool_command(args)
-        except (ValueError, RuntimeError, FileNotFoundError) as exc:
-            print(f"adaptinf-fast {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-    from .demo import DemoConfig, run
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+
+
+def _demo(args) -> int:
+    from .demo.lifelong import DemoConfig, run_demo
+
+    _quiet_transformers()
+    compare = tuple(m for m in (args.compare or "").split(",") if m)
+    cfg = DemoConfig(out=args.out, tasks=tuple(args.tasks.split(",")), n_train=args.n_train, n_test=args.n_test,
+                     pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, budget=args.budget,
+                     pool_budget=args.pool_budget, k=args.k, out_dim=args.out_dim, compare=compare, seed=args.seed,
+                     progress=not args.no_progress)
+    run_demo(cfg)
+    return 0
+
+
+def _run(args) -> int:
+    from .lifelong.run import LifelongRun, format_matrix
+    from .lifelong.runconfig import base_loader, load_run_config
+
+    out, tasks, cfg, model = load_run_config(args.config)
+    out = args.out or out
+    _quiet_transformers()
+    res = LifelongRun(out, tasks, cfg, base_loader(model), adapter=model.get("adapter"),
+                      progress=not args.no_progress).run()
+    print(format_matrix(res))
+    print(f"wrote {out / 'summary.json'}, {out / 'accuracy.json'}, {out / 'accuracy.png'} and {out / 'plots'}")
+    return 0
+
+
+def _ops_demo(args) -> int:
+    from .demo.ops import DemoConfig, run
 
     budget = args.budget if args.budget is not None else (args.n + args.duplicates) * 5 // 8
     cfg = DemoConfig(n_unique=args.n, n_duplicates=args.duplicates, in_dim=args.in_dim, out_dim=args.out_dim,
                      n_skills=args.clusters, eps=args.eps, pool_budget=budget, seed=args.seed)
     run(cfg, args.out)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="adaptinf-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="package, torch, triton, CUDA, _C and the backends per op")
+    from .demo.lifelong import DemoConfig
+
+    d = DemoConfig()  # the demo's defaults live in one place
+    demo = sub.add_parser("demo", help="the whole lifelong loop on a built-in tiny LLaVA and built-in tasks (no network)")
+    demo.add_argument("--out", type=Path, default=d.out, help="output folder (default ./adaptinf-demo)")
+    demo.add_argument("--compare", default="", help="baselines to run on the same data: random,full")
+    demo.add_argument("--tasks", default=",".join(d.tasks), help="comma-separated tasks, one stage each")
+    demo.add_argument("--n-train", type=int, default=d.n_train, help="training records per task")
+    demo.add_argument("--n-test", type=int, default=d.n_test, help="test records per task")
+    demo.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs, help="stage-0 epochs over the captions")
+    demo.add_argument("--epochs", type=int, default=d.epochs, help="LoRA epochs per stage over the selected subset")
+    demo.add_argument("--budget", type=int, default=d.budget, help="training samples selected per stage")
+    demo.add_argument("--pool-budget", type=int, default=d.pool_budget, help="pool size kept after pruning")
+    demo.add_argument("--k", type=int, default=d.k, help="pseudo-skill clusters")
+    demo.add_argument("--out-dim", type=int, default=d.out_dim, help="gradient projection width")
+    demo.add_argument("--seed", type=int, default=d.seed)
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run = sub.add_parser("run", help="a real lifelong run from a YAML/TOML config (see the README)")
+    run.add_argument("--config", required=True, type=Path)
+    run.add_argument("--out", type=Path, default=None, help="output folder (default: the config's 'out')")
+    run.add_argument("--no-progress", action="store_true")
+    ops = sub.add_parser("demo-ops", help="the three kernels on built-in synthetic gradients with planted duplicates")
+    ops.add_argument("--out", type=Path, default=Path("adaptinf-demo-ops"), help="output folder (summary.json)")
+    ops.add_argument("--n", type=int, default=3000, help="unique samples")
+    ops.add_argument("--duplicates", type=int, default=1000, help="planted near-duplicates")
+    ops.add_argument("--in-dim", type=int, default=32768, help="length of each synthetic gradient")
+    ops.add_argument("--out-dim", type=int, default=512, help="projection width")
+    ops.add_argument("--clusters", type=int, default=8, help="pseudo-skills K")
+    ops.add_argument("--eps", type=float, default=0.05, help="SemDeDup threshold eps")
+    ops.add_argument("--budget", type=int, default=None, help="pool size after pruning (default 5/8 of the pool)")
+    ops.add_argument("--seed", type=int, default=0)
+    from .lifelong.cli import add_parsers, run as run_pool_command
+
+    add_parsers(sub)
+    args = parser.parse_args(argv)
+    commands = {"info": lambda a: info(), "demo": _demo, "run": _run, "demo-ops": _ops_demo}
+    try:
+        return commands.get(args.command, run_pool_command)(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"adaptinf-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The ``adaptinf-fast`` command: ``info`` tells the truth, ``demo`` finds what was planted."""
+"""The ``adaptinf-fast`` command: ``info`` tells the truth, ``demo-ops`` finds what was planted."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def test_info_reports_extension_and_backends(capsys):
         assert op in out
 
 
-def test_demo_small_run_finds_planted_duplicates(tmp_path, capsys):
-    assert cli.main(["demo", "--out", str(tmp_path), "--n", "300", "--duplicates", "60", "--in-dim", "2048",
+def test_ops_demo_small_run_finds_planted_duplicates(tmp_path, capsys):
+    assert cli.main(["demo-ops", "--out", str(tmp_path), "--n", "300", "--duplicates", "60", "--in-dim", "2048",
                      "--out-dim", "256", "--clusters", "4", "--budget", "250"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["pool_size"] == 360 and summary["budget_kept"] == 250

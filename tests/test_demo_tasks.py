@@ -20,8 +20,7 @@ def test_tasks_are_valid_balanced_and_deterministic(tmp_path):
             kept, report = validate_records(tasks[name][split], tmp_path)
             assert report.kept == len(tasks[name][split]) and not report.skipped
         answers = Counter(r["conversations"][1]["value"] for r in tasks[name]["train"])
-        if name != "arithmetic":
-            assert max(answers.values()) - min(answers.values()) <= 1, answers  # balanced classes
+        assert max(answers.values()) - min(answers.values()) <= 1, answers  # balanced classes
     again = make_tasks(tmp_path / "again", n_train=40, n_test=20, seed=1)
     a = np.asarray(Image.open(tmp_path / tasks["colours"]["train"][3]["image"]))
     b = np.asarray(Image.open(tmp_path / "again" / again["colours"]["train"][3]["image"]))

@@ -75,13 +75,15 @@ def test_llama_features_and_scores_equal_the_per_sample_reference(layers, rng):
 def test_llava_features_scores_and_image_grounding(rng):
     model = tiny_llava()
     rows = random_rows(4, rng, image_tokens=16)
-    fs = af.GradientFeaturizer(model, layers="all", out_dim=OUT).extract(rows, batch_size=2, progress=False)
+    text_only = random_rows(3, rng)  # mixed into the same batches as the image rows
+    rows = [rows[0], text_only[0], rows[1], rows[2], text_only[1], text_only[2], rows[3]]
+    fs = af.GradientFeaturizer(model, layers="all", out_dim=OUT).extract(rows, batch_size=3, progress=False)
     for i, row in enumerate(rows):
         feat, scores = reference(model, row, "all")
         torch.testing.assert_close(fs.features[i], feat, rtol=1e-4, atol=2e-5)
         assert fs.scores["ppl"][i].item() == pytest.approx(scores["ppl"], rel=1e-4)
         assert fs.scores["grand"][i].item() == pytest.approx(scores["grand"], rel=1e-4)
-        want_ig = ppl_without_image(model, row) / scores["ppl"]
+        want_ig = ppl_without_image(model, row) / scores["ppl"] if "pixel_values" in row else 1.0
         assert fs.scores["ig"][i].item() == pytest.approx(want_ig, rel=1e-4)
 
 

@@ -4,8 +4,10 @@ LLaVA records with PNG images, plus a word-level tokenizer over their vocabulary
 Tasks (each with train and test splits, answers balanced over the classes):
 ``digits`` (sklearn's 8×8 digits: "what digit is shown ?" → zero..nine), ``colours`` (a coloured
 square: "what colour is the square ?"), ``counting`` (1–4 circles: "how many circles ?"),
-``arithmetic`` (text only: "what is two plus one ?"), and ``describe`` (a generic caption of any of
-the images, used to pre-train the whole model at stage 0).
+``successor`` (text only: "what number comes after four ?" → five), and ``describe`` (generic captions of fresh
+images of the three image kinds, used to pre-train the whole model at stage 0; train split only).
+Digit images for training and captions come from the first 1300 of sklearn's 1797 digits, test
+images from the rest, so no test image is seen in training.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (230, 200, 20)}
-TASKS = ("digits", "colours", "counting", "arithmetic")
+TASKS = ("digits", "colours", "counting", "successor")
 IMAGE_SIZE = 28
+DIGITS_TRAIN = 1300  # sklearn digits below this index feed train/captions, the rest test
 
 
 def _record(rid: str, question: str, answer: str, image: str | None) -> dict:
@@ -34,36 +37,35 @@ def _save(img, root: Path, name: str) -> str:
     return f"images/{name}"
 
 
-def make_tasks(root: str | Path, n_train: int = 120, n_test: int = 40, seed: int = 0) -> dict[str, dict[str, list]]:
-    """{task: {"train": records, "test": records}} with images under ``root/images``."""
+def make_tasks(root: str | Path, n_train: int = 120, n_test: int = 40, seed: int = 0,
+               n_describe: int | None = None) -> dict[str, dict[str, list]]:
+    """{task: {"train": records, "test": records}} with images under ``root/images``;
+    ``describe`` has ``n_describe`` (default ``2 * n_train``) captions per image kind."""
     from PIL import Image, ImageDraw
     from sklearn.datasets import load_digits
 
     root = Path(root)
     rng = np.random.default_rng(seed)
     digits = load_digits()
-    out: dict[str, dict[str, list]] = {}
+    n_describe = 2 * n_train if n_describe is None else n_describe
 
-    def split(task: str, make_one) -> None:
-        recs = [make_one(i) for i in range(n_train + n_test)]
-        out[task] = {"train": recs[:n_train], "test": recs[n_train:]}
-
-    def digit(i: int) -> dict:
+    def digit(name: str, i: int, test: bool) -> tuple[str, str]:
         label = i % 10
         choices = np.flatnonzero(digits.target == label)
+        choices = choices[choices >= DIGITS_TRAIN] if test else choices[choices < DIGITS_TRAIN]
         pix = digits.images[rng.choice(choices)] / 16.0
         img = Image.fromarray((255 * (1 - pix)).astype(np.uint8)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.NEAREST).convert("RGB")
-        return _record(f"digits-{i}", "what digit is shown ?", NUMBERS[label], _save(img, root, f"digits-{i}.png"))
+        return NUMBERS[label], _save(img, root, f"{name}.png")
 
-    def colour(i: int) -> dict:
-        name = list(COLOURS)[i % len(COLOURS)]
+    def colour(name: str, i: int, test: bool) -> tuple[str, str]:
+        label = list(COLOURS)[i % len(COLOURS)]
         img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), "white")
         s = int(rng.integers(8, 16))
         x, y = (int(v) for v in rng.integers(0, IMAGE_SIZE - s, 2))
-        ImageDraw.Draw(img).rectangle([x, y, x + s, y + s], fill=COLOURS[name])
-        return _record(f"colours-{i}", "what colour is the square ?", name, _save(img, root, f"colours-{i}.png"))
+        ImageDraw.Draw(img).rectangle([x, y, x + s, y + s], fill=COLOURS[label])
+        return label, _save(img, root, f"{name}.png")
 
-    def count(i: int) -> dict:
+    def count(name: str, i: int, test: bool) -> tuple[str, str]:
         n = i % 4 + 1
         img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), "white")
         draw = ImageDraw.Draw(img)
@@ -71,20 +73,26 @@ def make_tasks(root: str | Path, n_train: int = 120, n_test: int = 40, seed: int
             cx = (k % 2) * 14 + 7 + int(rng.integers(-2, 3))
             cy = (k // 2) * 14 + 7 + int(rng.integers(-2, 3))
             draw.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=(0, 0, 0))
-        return _record(f"counting-{i}", "how many circles ?", NUMBERS[n], _save(img, root, f"counting-{i}.png"))
+        return NUMBERS[n], _save(img, root, f"{name}.png")
 
-    def arithmetic(i: int) -> dict:
-        a, b = int(rng.integers(0, 5)), int(rng.integers(0, 5))
-        return _record(f"arithmetic-{i}", f"what is {NUMBERS[a]} plus {NUMBERS[b]} ?", NUMBERS[a + b], None)
-
-    for task, fn in (("digits", digit), ("colours", colour), ("counting", count), ("arithmetic", arithmetic)):
-        split(task, fn)
+    images = {"digits": (digit, "what digit is shown ?", "digit {}"),
+              "colours": (colour, "what colour is the square ?", "a {} square"),
+              "counting": (count, "how many circles ?", "{} circles")}
+    out: dict[str, dict[str, list]] = {}
+    for task, (make, question, _) in images.items():
+        recs = []
+        for i in range(n_train + n_test):
+            answer, path = make(f"{task}-{i}", i, i >= n_train)
+            recs.append(_record(f"{task}-{i}", question, answer, path))
+        out[task] = {"train": recs[:n_train], "test": recs[n_train:]}
+    recs = [_record(f"successor-{i}", f"what number comes after {NUMBERS[i % 9]} ?", NUMBERS[i % 9 + 1], None)
+            for i in range(n_train + n_test)]
+    out["successor"] = {"train": recs[:n_train], "test": recs[n_train:]}
     captions = []
-    for task in ("digits", "colours", "counting"):
-        for rec in out[task]["train"]:
-            answer = rec["conversations"][1]["value"]
-            text = {"digits": f"digit {answer}", "colours": f"a {answer} square", "counting": f"{answer} circles"}[task]
-            captions.append(_record(f"describe-{rec['id']}", "describe the image .", text, rec["image"]))
+    for task, (make, _, caption) in images.items():
+        for i in range(n_describe):
+            answer, path = make(f"describe-{task}-{i}", i, False)
+            captions.append(_record(f"describe-{task}-{i}", "describe the image .", caption.format(answer), path))
     out["describe"] = {"train": captions, "test": []}
     return out
 

@@ -44,6 +44,23 @@ class Encoder:
     truncated: int = field(default=0, init=False)
     _warned: bool = field(default=False, init=False, repr=False)
 
+    @classmethod
+    def for_model(cls, model, tokenizer=None, *, image_root: str | Path | None = None, max_length: int | None = None,
+                  on_overflow: str = "truncate") -> "Encoder":
+        """The encoder matching ``model``'s config (a causal LM or LLaVA, PEFT-wrapped or not): its
+        image token, how many tokens one image expands to, the vision tower's image size."""
+        cfg = getattr(getattr(model, "base_model", model), "config", None) or getattr(model, "config", None)
+        vision = getattr(cfg, "vision_config", None)
+        image_tokens = 0
+        if vision is not None:
+            image_tokens = (vision.image_size // vision.patch_size) ** 2
+            if getattr(cfg, "vision_feature_select_strategy", "default") == "full":
+                image_tokens += 1
+        pad = getattr(tokenizer, "pad_token_id", None)
+        return cls(tokenizer=tokenizer, image_token_id=getattr(cfg, "image_token_id", None), image_tokens=image_tokens,
+                   image_size=getattr(vision, "image_size", None), image_root=Path(image_root) if image_root else None,
+                   max_length=max_length, on_overflow=on_overflow, pad_token_id=pad if pad is not None else 0)
+
     def _tok(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -179,7 +196,9 @@ class Encoder:
 
 
 def collate(encoded: list[dict], pad_token_id: int) -> dict:
-    """Right-pad a list of encoded items into a batch."""
+    """Right-pad a list of encoded items into a batch: ``input_ids``, ``labels`` (-100 on padding),
+    ``attention_mask`` (B, T) int64, and ``pixel_values`` (n_images, 3, H, W) for the items that
+    have an image, in batch order (text-only items may share the batch)."""
     n = max(e["input_ids"].numel() for e in encoded)
     b = len(encoded)
     ids = torch.full((b, n), pad_token_id, dtype=torch.long)
@@ -189,10 +208,8 @@ def collate(encoded: list[dict], pad_token_id: int) -> dict:
         k = e["input_ids"].numel()
         ids[i, :k], labels[i, :k], attn[i, :k] = e["input_ids"], e["labels"], 1
     batch = {"input_ids": ids, "labels": labels, "attention_mask": attn}
-    pix = [e.get("pixel_values") for e in encoded]
-    if any(p is not None for p in pix):
-        if any(p is None for p in pix):
-            raise ItemError("a batch mixes items with and without images (batch them separately)")
+    pix = [e["pixel_values"] for e in encoded if e.get("pixel_values") is not None]
+    if pix:  # LLaVA's convention: one image per item that has one, in batch order (text-only items mix in)
         batch["pixel_values"] = torch.stack(pix)
     return batch
 

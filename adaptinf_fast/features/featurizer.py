@@ -84,18 +84,8 @@ class GradientFeaturizer:
             offset += p.numel() if mode == "dense" else sum(p.shape)
         self.total_rows = offset
         self._adam = self._adam_state(optimizer_state) if optimizer_state is not None else None
-        cfg = getattr(getattr(model, "base_model", model), "config", None) or getattr(model, "config", None)
-        vision = getattr(cfg, "vision_config", None)
-        image_tokens = 0
-        if vision is not None:
-            image_tokens = (vision.image_size // vision.patch_size) ** 2
-            if getattr(cfg, "vision_feature_select_strategy", "default") == "full":
-                image_tokens += 1
-        pad = getattr(tokenizer, "pad_token_id", None)
-        self.encoder = Encoder(tokenizer=tokenizer, image_token_id=getattr(cfg, "image_token_id", None),
-                               image_tokens=image_tokens, image_size=getattr(vision, "image_size", None),
-                               image_root=Path(image_root) if image_root else None, max_length=max_length,
-                               on_overflow=on_overflow, pad_token_id=pad if pad is not None else 0)
+        self.encoder = Encoder.for_model(model, tokenizer, image_root=image_root, max_length=max_length,
+                                         on_overflow=on_overflow)
 
     # -- configuration ---------------------------------------------------------------------------
     @property

@@ -126,7 +126,7 @@ def status(pool: PoolStore) -> int:
                                                      if len(done) < len(STEPS) else ""))
         path = pool.stage_dir(t) / "record.json"
         rec = json.loads(path.read_text()) if path.exists() else {}
-        if "cluster" in rec:
+        if "sizes" in rec.get("cluster", {}):
             print(f"  cluster sizes: {rec['cluster']['sizes']}")
         if "selectors" in rec.get("select", {}):
             print(f"  selector per cluster: {rec['select']['selectors']}")

@@ -27,7 +27,7 @@ def write_plots(pool_dir: str | Path, out_dir: str | Path | None = None) -> list
         rec = json.loads((d / "record.json").read_text()) if (d / "record.json").exists() else {}
         if "prune" in rec:
             sizes_by_stage.append((t, rec["prune"]["pool_after"]))
-        if "cluster" in rec:
+        if "sizes" in rec.get("cluster", {}):
             fig, ax = plt.subplots(figsize=(6, 3))
             ax.bar(range(len(rec["cluster"]["sizes"])), rec["cluster"]["sizes"])
             ax.set(xlabel="cluster", ylabel="samples", title=f"stage {t}: cluster sizes")

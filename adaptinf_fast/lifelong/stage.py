@@ -54,6 +54,11 @@ class StageConfig:
     eps: float = 0.05
     seed: int = 0
 
+    @property
+    def needs_features(self) -> bool:
+        """False for the baselines that look at no feature: random or full selection without pruning."""
+        return self.method not in ("random", "full") or self.prune != "none"
+
     def validate(self) -> None:
         """Every configuration error, reported before any work starts."""
         errors = []
@@ -107,18 +112,20 @@ def read_records(path: str | Path) -> list:
 class Stage:
     """Runs the steps of one stage on a pool; each step method is also a CLI subcommand."""
 
-    def __init__(self, pool: PoolStore, cfg: StageConfig):
-        self.pool, self.cfg, self.t = pool, cfg, cfg.stage
+    def __init__(self, pool: PoolStore, cfg: StageConfig, progress: bool = True):
+        self.pool, self.cfg, self.t, self.progress = pool, cfg, cfg.stage, progress
         self.dir = pool.stage_dir(self.t)
 
     # -- helpers -------------------------------------------------------------------------------
-    def _record(self, step: str, info: dict) -> None:
+    def record(self, step: str, info: dict) -> None:
+        """Set ``step``'s entry of the stage's ``record.json``."""
         path = self.dir / "record.json"
         rec = json.loads(path.read_text()) if path.exists() else {"stage": self.t}
         rec[step] = info
         write_json(path, rec)
 
-    def _timing(self, step: str, seconds: float) -> None:
+    def timing(self, step: str, seconds: float) -> None:
+        """Add a step's wall time to the stage's ``timings.json``."""
         path = self.dir / "timings.json"
         doc = json.loads(path.read_text()) if path.exists() else {}
         doc[step] = round(seconds, 4)
@@ -153,7 +160,7 @@ class Stage:
             t0 = time.perf_counter()
             _fault(f"{step}:start")
             getattr(self, f"step_{step}")(featurize) if step == "features" else getattr(self, f"step_{step}")()
-            self._timing(step, time.perf_counter() - t0)
+            self.timing(step, time.perf_counter() - t0)
         return json.loads((self.dir / "record.json").read_text())
 
     def _begin(self, step: str) -> None:
@@ -196,12 +203,18 @@ class Stage:
             rows += [{"id": r["id"], "source": cfg.source, "stage_added": self.t, "status": "pool",
                       "status_stage": self.t, "reason": None, "times_selected": 0} for r in good]
             info["added"] = len(good)
-        self._record("add", info)
+        self.record("add", info)
         _fault("add:artifacts")
         self.pool.commit(self.t, "add", rows)
 
+    def _skip(self, step: str) -> None:
+        self.record(step, {"skipped": f"method {self.cfg.method!r} without pruning needs no {step}"})
+        self.pool.commit(self.t, step)
+
     def step_features(self, featurize: Callable[[list[dict]], FeatureSet] | None = None) -> None:
         self._begin("features")
+        if not self.cfg.needs_features:
+            return self._skip("features")
         ids = self.pool.ids()
         if self.cfg.features_from is not None:
             z = np.load(self.cfg.features_from, allow_pickle=False)
@@ -223,26 +236,32 @@ class Stage:
                                                 "skipped": [list(s) for s in fs.skipped]})
         arr = fs.features.numpy().astype(np.float16)
         atomic_write(self.dir / "features.npy", lambda f: np.save(f, arr))
-        self._record("features", {"samples": len(fs), "dim": int(fs.features.shape[1]), "skipped": len(fs.skipped)})
+        self.record("features", {"samples": len(fs), "dim": int(fs.features.shape[1]), "skipped": len(fs.skipped)})
         _fault("features:artifacts")
         self.pool.commit(self.t, "features")
 
     def step_cluster(self) -> None:
         self._begin("cluster")
+        if not self.cfg.needs_features:
+            return self._skip("cluster")
         fs = self.features()
         if self.cfg.k > len(fs):
             raise ValueError(f"k={self.cfg.k} is larger than the pool ({len(fs)} samples with features)")
-        km = KMeans(self.cfg.k, metric="cosine", n_init=3, seed=self.cfg.seed, progress=True).fit(fs.features)
+        km = KMeans(self.cfg.k, metric="cosine", n_init=3, seed=self.cfg.seed, progress=self.progress).fit(fs.features)
         atomic_write(self.dir / "labels.npy", lambda f: np.save(f, km.labels_.numpy()))
         atomic_write(self.dir / "centroids.npy", lambda f: np.save(f, km.cluster_centers_.numpy()))
         sizes = torch.bincount(km.labels_, minlength=self.cfg.k).tolist()
-        self._record("cluster", {"k": self.cfg.k, "sizes": sizes, "inertia": round(km.inertia_, 4)})
+        self.record("cluster", {"k": self.cfg.k, "sizes": sizes, "inertia": round(km.inertia_, 4)})
         _fault("cluster:artifacts")
         self.pool.commit(self.t, "cluster")
 
     def step_select(self) -> None:
         self._begin("select")
-        fs, labels = self.features(), self.labels()
+        if self.cfg.needs_features:
+            fs, labels = self.features(), self.labels()
+        else:  # random / full: only the pool's ids matter
+            ids = self.pool.ids()
+            fs, labels = FeatureSet(ids, torch.zeros(len(ids), 0), {}, [], {}), torch.zeros(len(ids), dtype=torch.long)
         n = len(fs)
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.t)
         budget = self.cfg.budget
@@ -257,7 +276,7 @@ class Stage:
         chosen_ids = [fs.ids[i] for i in sorted(chosen.tolist())]
         info["selected"] = len(chosen_ids)
         write_json(self.dir / "selection.json", {"ids": chosen_ids})
-        self._record("select", info)
+        self.record("select", info)
         picked = set(chosen_ids)
         rows = []
         for r in self.pool.rows:
@@ -273,10 +292,15 @@ class Stage:
 
     def step_prune(self) -> None:
         self._begin("prune")
-        fs, labels = self.features(), self.labels()
         info: dict[str, Any] = {"mode": self.cfg.prune}
+        if self.cfg.prune == "none":
+            info.update(pruned=0, pool_after=len(self.pool.ids()))
+            write_json(self.dir / "prune.json", {"ids": [], "reason": None})
+            self.record("prune", info)
+            return self.pool.commit(self.t, "prune")
+        fs, labels = self.features(), self.labels()
         drop = prune_mask(fs.features, labels, mode=self.cfg.prune, pool_budget=self.cfg.pool_budget, eps=self.cfg.eps,
-                          progress=True)
+                          progress=self.progress)
         reason = {"none": None, "budget": f"redundant: pool budget {self.cfg.pool_budget}",
                   "threshold": f"semdedup eps={self.cfg.eps}"}[self.cfg.prune]
         if self.cfg.prune == "budget":
@@ -293,7 +317,7 @@ class Stage:
                 r.update(status="pruned", status_stage=self.t, reason=reason)
             rows.append(r)
         info["pool_after"] = sum(r["status"] != "pruned" for r in rows)
-        self._record("prune", info)
+        self.record("prune", info)
         _fault("prune:artifacts")
         self.pool.commit(self.t, "prune", rows)
 

@@ -1,7 +1,8 @@
 """A standard PEFT LoRA training loop for one stage (DESIGN §2 step 5), resumable bit for bit.
 
 AdamW over the trainable parameters, linear warm-up then cosine decay, gradient accumulation,
-gradient-norm clipping, bf16 autocast on CUDA (none on CPU), seeded shuffling. With ``ckpt_dir``, a
+gradient-norm clipping, bf16 autocast on CUDA (none on CPU), seeded shuffling and dropout (the
+global torch RNG is seeded from ``cfg.seed`` when a run starts). With ``ckpt_dir``, a
 checkpoint (trainable weights, optimizer, scheduler, step, RNG states) is written atomically every
 ``save_every`` optimizer steps and at the end; calling again with the same arguments resumes from
 it and ends with the same weights as an uninterrupted run.
@@ -87,14 +88,19 @@ def train_lora(model, items: Sequence[dict], cfg: TrainConfig, *, ckpt_dir: str 
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         step, losses = state["step"], state["losses"]
+    else:  # dropout masks depend on the seed only, not on what the process did before
+        torch.manual_seed(cfg.seed)
 
     def save() -> None:
         if ckpt is None:
             return
         state = {"config": asdict(cfg), "n_items": len(items), "step": step, "losses": losses,
                  "params": [p.detach().cpu().clone() for p in params], "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "rng": torch.get_rng_state()}
+                 "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         atomic_write(ckpt, lambda f: torch.save(state, f))
 
     was_training = model.training

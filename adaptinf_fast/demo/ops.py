@@ -1,7 +1,7 @@
-"""``adaptinf-fast demo``: the three ops on built-in synthetic "gradients" with planted redundancy.
+"""``adaptinf-fast demo-ops``: the three ops on built-in synthetic "gradients" with planted redundancy.
 
-Until the lifelong loop lands, the demo shows the selection pipeline's kernels end to end:
-project long per-sample vectors, cluster them into pseudo-skills, then find and prune the planted
+The selection pipeline's kernels end to end, at a size the lifelong demo does not reach: project
+long per-sample vectors, cluster them into pseudo-skills, then find and prune the planted
 near-duplicates — printing what was kept and how long each step took.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import KMeans, cluster_max_similarity, project, prune_to_budget, semdedup_order
+from .. import KMeans, cluster_max_similarity, project, prune_to_budget, semdedup_order
 
 
 @dataclass

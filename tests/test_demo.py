@@ -1,0 +1,66 @@
+"""The built-in lifelong demo, two stages at a tiny size: real learning, numbers from the run, resumable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from adaptinf_fast import cli
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    argv = ["demo", "--out", str(out), "--tasks", "colours,successor", "--n-train", "48", "--n-test", "24",
+            "--pretrain-epochs", "25", "--epochs", "30", "--budget", "64", "--pool-budget", "40", "--k", "4",
+            "--out-dim", "256", "--compare", "random,full", "--no-progress"]
+    return out, argv
+
+
+def test_two_stage_demo_learns_and_reports_its_own_numbers(demo, capsys):
+    out, argv = demo
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["runs"]) == {"adaptinf", "random", "full"}
+    for method, folder in (("adaptinf", "adaptinf"), ("random", "baseline-random"), ("full", "baseline-full")):
+        run = json.loads((out / folder / "summary.json").read_text())
+        rows = [json.loads((out / folder / "eval" / f"stage-{t:03d}.json").read_text())["scores"] for t in range(3)]
+        matrix = [[r[name] for name in run["tasks"]] for r in rows]
+        assert run["accuracy"] == matrix == summary["runs"][method]["accuracy"]  # the matrix is the evaluations'
+        for t, name in enumerate(run["tasks"], 1):  # learning is real: each task clearly above chance after its stage
+            assert matrix[t][t - 1] >= run["chance"][name] + 0.25, (method, name, matrix, run["chance"])
+        for row in matrix:  # the printed matrix shows these very numbers
+            assert "".join(f"{v:>12.2f}" for v in row) in printed
+        assert (out / folder / "accuracy.png").stat().st_size > 0
+    stages = json.loads((out / "adaptinf" / "summary.json").read_text())["stages"]
+    assert [s["added"] for s in stages] == [48, 48]
+    assert all(s["pool_after"] == s["pool"] - s["pruned"] == min(40, s["pool"]) for s in stages)
+    assert all(s["trained_on"] == s["selected"] == min(64, s["pool"]) for s in stages)
+    full = json.loads((out / "baseline-full" / "summary.json").read_text())["stages"]
+    assert [s["trained_on"] for s in full] == [48, 96] and full[-1]["pool_after"] == 96  # full: everything, no pruning
+    rand = json.loads((out / "baseline-random" / "pool" / "stages" / "stage-002" / "record.json").read_text())
+    assert "skipped" in rand["features"] and rand["select"]["selected"] == 64
+    assert list((out / "adaptinf" / "plots").glob("*.png"))
+    assert summary["runs"]["adaptinf"]["trained_samples"] == 48 + 64 < summary["runs"]["full"]["trained_samples"] == 144
+
+
+def test_rerun_resumes_everything_without_work(demo, capsys):
+    out, argv = demo
+    before = json.loads((out / "summary.json").read_text())
+    adapter = (out / "adaptinf" / "adapters" / "stage-002" / "adapter_model.safetensors").read_bytes()
+    assert cli.main(argv) == 0
+    after = json.loads((out / "summary.json").read_text())
+    assert "using the pre-trained base" in capsys.readouterr().out
+    assert (out / "adaptinf" / "adapters" / "stage-002" / "adapter_model.safetensors").read_bytes() == adapter
+    for method in before["runs"]:
+        np.testing.assert_array_equal(before["runs"][method]["accuracy"], after["runs"][method]["accuracy"])
+
+
+def test_demo_rejects_bad_arguments(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path), "--tasks", "colours,poetry"]) == 2
+    assert "tasks must be a non-empty subset" in capsys.readouterr().err
+    assert cli.main(["demo", "--out", str(tmp_path), "--compare", "random,oracle"]) == 2
+    assert "--compare takes" in capsys.readouterr().err
