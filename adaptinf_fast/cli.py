@@ -77,9 +77,17 @@ def _run(args) -> int:
     out, tasks, cfg, model = load_run_config(args.config)
     out = args.out or out
     _quiet_transformers()
-    res = LifelongRun(out, tasks, cfg, base_loader(model), adapter=model.get("adapter"),
+    baselines = {}
+    for item in args.baseline:
+        name, sep, folder = item.partition("=")
+        if not sep:
+            raise ValueError(f"--baseline takes NAME=RUN_FOLDER; got {item!r}")
+        baselines[name] = Path(folder)
+    res = LifelongRun(out, tasks, cfg, base_loader(model), adapter=model.get("adapter"), baselines=baselines,
                       progress=not args.no_progress).run()
     print(format_matrix(res))
+    for name, gain in res["relative_gain"].items():
+        print(f"relative gain vs {name}: {gain:.1f} (100 = its final scores)")
     print(f"wrote {out / 'summary.json'}, {out / 'accuracy.json'}, {out / 'accuracy.png'} and {out / 'plots'}")
     return 0
 
@@ -118,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="a real lifelong run from a YAML/TOML config (see the README)")
     run.add_argument("--config", required=True, type=Path)
     run.add_argument("--out", type=Path, default=None, help="output folder (default: the config's 'out')")
+    run.add_argument("--baseline", action="append", default=[], metavar="NAME=RUN_FOLDER",
+                     help="a finished run of the same tasks to report the relative gain against (repeatable)")
     run.add_argument("--no-progress", action="store_true")
     ops = sub.add_parser("demo-ops", help="the three kernels on built-in synthetic gradients with planted duplicates")
     ops.add_argument("--out", type=Path, default=Path("adaptinf-demo-ops"), help="output folder (summary.json)")

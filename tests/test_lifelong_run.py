@@ -107,9 +107,15 @@ def write_config(root: Path, data, base: Path, **extra) -> Path:
 def test_run_command_from_a_yaml_config(setting, capsys):
     root, data, _, _, base = setting
     config = write_config(root, data, base)
-    assert cli.main(["run", "--config", str(config), "--no-progress"]) == 0
+    other = root / "other-run"  # a finished baseline run of the same tasks, made by hand
+    other.mkdir()
+    (other / "accuracy.json").write_text(json.dumps({"tasks": ["colours", "successor"], "accuracy": [[0.5, 0.5]] * 3}))
+    assert cli.main(["run", "--config", str(config), "--no-progress", "--baseline", f"hand={other}"]) == 0
     out = root / "run-out"
     summary = json.loads((out / "summary.json").read_text())
+    final = summary["accuracy"][-1]
+    assert summary["relative_gain"]["hand"] == pytest.approx(100 * (final[0] + final[1]) / 2 / 0.5)
+    assert json.loads((out / "accuracy.json").read_text())["relative_gain"] == summary["relative_gain"]
     assert summary["tasks"] == ["colours", "successor"] and len(summary["accuracy"]) == 3
     assert [s["selected"] for s in summary["stages"]] == [8, 10]  # the per-stage budget override
     assert summary["stages"][1]["pool_after"] == 18

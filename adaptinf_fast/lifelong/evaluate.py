@@ -11,6 +11,7 @@ import string
 from typing import Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from ..features.batching import Encoder
 
@@ -53,13 +54,14 @@ def greedy_answer(model, encoder: Encoder, record: dict, max_new_tokens: int = 8
 
 
 def evaluate(model, encoder: Encoder, records: Sequence[dict], scorer: str | Callable[[str, str], float] = "exact_match",
-             max_new_tokens: int = 8) -> dict:
-    """Mean score over ``records`` and the individual answers."""
+             max_new_tokens: int = 8, progress: bool = False, desc: str = "evaluate") -> dict:
+    """Mean score over ``records`` and the individual answers [(prediction, reference)]."""
     fn = SCORERS[scorer] if isinstance(scorer, str) else scorer
     was_training = model.training
     model.eval()
     try:
-        answers = [greedy_answer(model, encoder, r, max_new_tokens) for r in records]
+        answers = [greedy_answer(model, encoder, r, max_new_tokens)
+                   for r in tqdm(records, desc=desc, unit="record", disable=not progress, leave=False)]
     finally:
         model.train(was_training)
     scores = [fn(pred, ref) for pred, ref in answers]

@@ -10,7 +10,8 @@ Layout of a run folder::
     adapters/stage-NNN/      the LoRA adapter after stage NNN (stage-000: before any stage)
     train/stage-NNN/         the training checkpoint of a stage (a killed run resumes from it)
     eval/stage-NNN.json      scores on every task after stage NNN (row NNN of the matrix)
-    accuracy.json/.png       the matrix, metrics, relative gains; plots/ the pool's plots
+    accuracy.json/.png       the matrix, metrics, relative gains vs ``baselines`` (other run folders)
+    plots/, summary.json     the pool's plots; per-stage table, matrix, metrics, chance levels
 
 Every artifact is written atomically and marks its step done, so a killed run started again with the
 same arguments continues where it stopped and ends with the same adapters, pool and scores.
@@ -156,7 +157,8 @@ class LifelongRun:
 
     def __init__(self, out_dir: str | Path, tasks: Sequence[Task], cfg: RunConfig,
                  load_base: Callable[[], tuple[Any, Any]], *, adapter: str | Path | None = None,
-                 progress: bool = True, say: Callable[[str], None] = print):
+                 baselines: dict[str, str | Path] | None = None, progress: bool = True,
+                 say: Callable[[str], None] = print):
         if not tasks:
             raise ValueError("no tasks")
         names = [t.name for t in tasks]
@@ -165,6 +167,10 @@ class LifelongRun:
         cfg.validate()
         self.out, self.tasks, self.cfg, self.load_base = Path(out_dir), list(tasks), cfg, load_base
         self.adapter, self.progress, self.say = adapter, progress, say
+        self.baselines = {name: Path(d) for name, d in (baselines or {}).items()}
+        for name, d in self.baselines.items():
+            if not (d / "accuracy.json").exists():
+                raise FileNotFoundError(f"baseline {name!r}: {d} holds no accuracy.json (a finished run folder)")
 
     # -- set-up ------------------------------------------------------------------------------------
     def _prepare(self) -> dict[str, list[dict]]:
@@ -180,6 +186,8 @@ class LifelongRun:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_jsonl(path, _records(task.train, task.images, f"task {task.name!r} train"))
+            if task.test is None:
+                raise ValueError(f"task {task.name!r} has no test records: the accuracy matrix needs every task's score")
             tests[task.name] = _records(task.test, task.images, f"task {task.name!r} test")[: self.cfg.eval_limit]
         for t, task in enumerate(self.tasks, 1):
             self.cfg.stage_config(t, task, self._train_file(task)).validate()
@@ -249,7 +257,8 @@ class LifelongRun:
         t0 = time.perf_counter()
         doc: dict[str, Any] = {"stage": t, "scores": {}, "examples": {}}
         for name, recs in tests.items():
-            res = evaluate(model, encoder, recs, self.cfg.scorer, self.cfg.max_new_tokens) if recs else {"score": None, "answers": []}
+            res = evaluate(model, encoder, recs, self.cfg.scorer, self.cfg.max_new_tokens, progress=self.progress,
+                           desc=f"evaluate {name}")
             doc["scores"][name] = res["score"]
             doc["examples"][name] = res["answers"][:5]
         doc["seconds"] = round(time.perf_counter() - t0, 3)
@@ -297,17 +306,24 @@ class LifelongRun:
     def _finish(self, rows: list[dict], stages: list[dict], tests: dict[str, list]) -> dict:
         names = [t.name for t in self.tasks]
         a = np.array([[r["scores"][n] for n in names] for r in rows], dtype=np.float64)
-        doc = save_matrix(self.out / "accuracy.json", a, names)
+        baselines = {}
+        for name, d in self.baselines.items():
+            other = json.loads((d / "accuracy.json").read_text())
+            if other["tasks"] != names:
+                raise ValueError(f"baseline {name!r} ran tasks {other['tasks']}, this run {names}")
+            baselines[name] = np.array(other["accuracy"])
+        doc = save_matrix(self.out / "accuracy.json", a, names, baselines)
         plot_matrix(self.out / "accuracy.png", a, names, title=f"{self.cfg.method}: score after each stage")
         from .plots import write_plots
 
         plots = write_plots(self.out / "pool", self.out / "plots")
         summary = {"method": self.cfg.method, "tasks": names, "accuracy": a.tolist(), "metrics": cl_metrics(a),
+                   "relative_gain": doc["relative_gain"],
                    "chance": {n: chance_level(tests[n]) for n in names}, "stages": stages,
                    "trained_samples": sum(s["trained_on"] or 0 for s in stages),
                    "final_pool": stages[-1]["pool_after"], "plots": [str(p) for p in plots] + [str(self.out / "accuracy.png")]}
         write_json(self.out / "summary.json", summary)
-        return {**summary, "matrix_doc": doc}
+        return summary
 
 
 def format_stage_row(row: dict, header: bool = False) -> str:

@@ -85,7 +85,7 @@ def load_run_config(path: str | Path) -> tuple[Path, list[Task], RunConfig, dict
         bad = set(s) - set(STAGE_KEYS) - set(STAGE_OVERRIDES)
         if bad:
             errors.append(f"stage {i}: unknown keys {sorted(bad)}")
-        for key in ("name", "train"):
+        for key in ("name", "train", "test"):
             if not s.get(key):
                 errors.append(f"stage {i}: '{key}' is required")
         for key in ("train", "test"):
