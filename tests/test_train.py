@@ -61,3 +61,8 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 def test_bad_config():
     with pytest.raises(ValueError, match="invalid training config"):
         train_lora(tiny_llama(), random_rows(2, torch.Generator()), TrainConfig(batch_size=0), progress=False)
+
+
+def test_bad_precision():
+    with pytest.raises(ValueError, match="precision"):
+        train_lora(tiny_llama(), random_rows(2, torch.Generator()), TrainConfig(precision="fp8"), progress=False)

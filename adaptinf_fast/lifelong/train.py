@@ -1,7 +1,8 @@
 """A standard PEFT LoRA training loop for one stage (DESIGN §2 step 5), resumable bit for bit.
 
 AdamW over the trainable parameters, linear warm-up then cosine decay, gradient accumulation,
-gradient-norm clipping, bf16 autocast on CUDA (none on CPU), seeded shuffling and dropout (the
+gradient-norm clipping, bf16 or fp16 autocast on CUDA (``precision``; fp16 with a gradient scaler;
+none on CPU), seeded shuffling and dropout (the
 global torch RNG is seeded from ``cfg.seed`` when a run starts). With ``ckpt_dir``, a
 checkpoint (trainable weights, optimizer, scheduler, step, RNG states) is written atomically every
 ``save_every`` optimizer steps and at the end; calling again with the same arguments resumes from
@@ -34,10 +35,13 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 50
     pad_token_id: int = 0
+    precision: str = "bf16"  # autocast on CUDA: "bf16", "fp16" (with gradient scaling) or "fp32"
 
     def validate(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.save_every < 1:
             raise ValueError(f"invalid training config {asdict(self)}")
+        if self.precision not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"precision is {self.precision!r}; expected 'bf16', 'fp16' or 'fp32'")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio is {self.warmup_ratio}; expected [0, 1)")
 
@@ -76,6 +80,8 @@ def train_lora(model, items: Sequence[dict], cfg: TrainConfig, *, ckpt_dir: str 
     total = math.ceil(len(batches) / cfg.grad_accum)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(cfg.warmup_ratio * total)))
+    cuda = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and cfg.precision == "fp16")
     step, losses = 0, []
     ckpt = Path(ckpt_dir) / "train-state.pt" if ckpt_dir is not None else None
     if ckpt is not None and ckpt.exists():
@@ -87,6 +93,8 @@ def train_lora(model, items: Sequence[dict], cfg: TrainConfig, *, ckpt_dir: str 
                 p.copy_(saved)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -99,13 +107,14 @@ def train_lora(model, items: Sequence[dict], cfg: TrainConfig, *, ckpt_dir: str 
             return
         state = {"config": asdict(cfg), "n_items": len(items), "step": step, "losses": losses,
                  "params": [p.detach().cpu().clone() for p in params], "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
+                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         atomic_write(ckpt, lambda f: torch.save(state, f))
 
     was_training = model.training
     model.train()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    autocast = torch.autocast("cuda", dtype=dtype) if cuda and dtype else torch.autocast("cpu", enabled=False)
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress)
     try:
         for s in range(step, total):
@@ -116,10 +125,12 @@ def train_lora(model, items: Sequence[dict], cfg: TrainConfig, *, ckpt_dir: str 
                 batch = {k: v.to(device) for k, v in collate([items[i] for i in idx], cfg.pad_token_id).items()}
                 with autocast:
                     loss = model(**batch).loss / len(group)
-                loss.backward()
+                scaler.scale(loss).backward()
                 step_loss += float(loss.detach())
+            scaler.unscale_(opt)  # clip the true gradients (a no-op unless fp16)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             step = s + 1
             losses.append(step_loss)
