@@ -176,9 +176,11 @@ class LifelongRun:
     def _prepare(self) -> dict[str, list[dict]]:
         """Validate every task's data up front; write the training records for the pool."""
         self.out.mkdir(parents=True, exist_ok=True)
-        doc = {"tasks": [{**asdict(t), "train": str(t.train) if isinstance(t.train, (str, Path)) else f"{len(t.train)} records",
-                          "test": str(t.test) if isinstance(t.test, (str, Path)) else f"{len(t.test or [])} records"}
-                         for t in self.tasks], "config": asdict(self.cfg)}
+        def source(data: Any) -> str:
+            return str(data) if isinstance(data, (str, Path)) else f"{len(data or [])} records in memory"
+
+        doc = {"tasks": [{"name": t.name, "train": source(t.train), "test": source(t.test), "images": t.images,
+                          "overrides": t.overrides} for t in self.tasks], "config": asdict(self.cfg)}
         write_json(self.out / "run.json", doc)
         tests = {}
         for t, task in enumerate(self.tasks, 1):
