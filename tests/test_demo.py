@@ -51,7 +51,11 @@ def test_rerun_resumes_everything_without_work(demo, capsys):
     out, argv = demo
     before = json.loads((out / "summary.json").read_text())
     adapter = (out / "adaptinf" / "adapters" / "stage-002" / "adapter_model.safetensors").read_bytes()
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and (
+        p.parent.name == "eval" or p.parent.parent.name == "adapters" or p.name in ("train-state.pt", "features.npy"))}
+    assert len(written) > 20
     assert cli.main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in written} == written  # nothing trained, featurised or evaluated again
     after = json.loads((out / "summary.json").read_text())
     assert "using the pre-trained base" in capsys.readouterr().out
     assert (out / "adaptinf" / "adapters" / "stage-002" / "adapter_model.safetensors").read_bytes() == adapter

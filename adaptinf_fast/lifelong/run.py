@@ -34,7 +34,7 @@ import torch
 from ..data.llava import read_llava_json, validate_records
 from ..features.batching import Encoder, encode_many
 from .evaluate import SCORERS, evaluate, normalize_answer
-from .metrics import cl_metrics, plot_matrix, save_matrix
+from .metrics import plot_matrix, save_matrix
 from .pool import PoolStore, write_json, write_jsonl
 from .stage import SCORE_NAMES, Stage, StageConfig
 from .train import TrainConfig, train_lora
@@ -176,6 +176,7 @@ class LifelongRun:
     def _prepare(self) -> dict[str, list[dict]]:
         """Validate every task's data up front; write the training records for the pool."""
         self.out.mkdir(parents=True, exist_ok=True)
+
         def source(data: Any) -> str:
             return str(data) if isinstance(data, (str, Path)) else f"{len(data or [])} records in memory"
 
@@ -183,7 +184,7 @@ class LifelongRun:
                           "overrides": t.overrides} for t in self.tasks], "config": asdict(self.cfg)}
         write_json(self.out / "run.json", doc)
         tests = {}
-        for t, task in enumerate(self.tasks, 1):
+        for task in self.tasks:
             path = self._train_file(task)
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -319,7 +320,7 @@ class LifelongRun:
         from .plots import write_plots
 
         plots = write_plots(self.out / "pool", self.out / "plots")
-        summary = {"method": self.cfg.method, "tasks": names, "accuracy": a.tolist(), "metrics": cl_metrics(a),
+        summary = {"method": self.cfg.method, "tasks": names, "accuracy": a.tolist(), "metrics": doc["metrics"],
                    "relative_gain": doc["relative_gain"],
                    "chance": {n: chance_level(tests[n]) for n in names}, "stages": stages,
                    "trained_samples": sum(s["trained_on"] or 0 for s in stages),

@@ -2,8 +2,8 @@
 
 AdamW over the trainable parameters, linear warm-up then cosine decay, gradient accumulation,
 gradient-norm clipping, bf16 or fp16 autocast on CUDA (``precision``; fp16 with a gradient scaler;
-none on CPU), seeded shuffling and dropout (the
-global torch RNG is seeded from ``cfg.seed`` when a run starts). With ``ckpt_dir``, a
+none on CPU), seeded shuffling and dropout (the global torch RNG is seeded from ``cfg.seed`` when
+a run starts). With ``ckpt_dir``, a
 checkpoint (trainable weights, optimizer, scheduler, step, RNG states) is written atomically every
 ``save_every`` optimizer steps and at the end; calling again with the same arguments resumes from
 it and ends with the same weights as an uninterrupted run.
