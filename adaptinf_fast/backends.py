@@ -2,8 +2,12 @@
 
 Each op maps backend names to the module that implements it. Choice per call:
 ``backend=`` argument > ``ADAPTINF_BACKEND`` environment variable > the fastest available backend
-that accepts the inputs (CPU tensors: ``torch``; CUDA tensors: ``cuda`` > ``triton`` > ``torch``).
+that accepts the inputs (CPU tensors: ``torch``; CUDA tensors: ``triton`` > ``cuda`` > ``torch``).
 Nothing here touches a GPU or imports Triton at import time: availability is probed lazily.
+
+Test switches, both for CPU-only machines: ``TRITON_INTERPRET=1`` runs Triton kernels on CPU
+tensors; ``ADAPTINF_CUDA_EMULATE=1`` runs the CUDA kernels' source on CPU tensors through the host
+emulator ``adaptinf_fast._cuda_emu`` (built beside ``_C``). Both only for explicit ``backend=``.
 """
 
 from __future__ import annotations
@@ -20,14 +24,18 @@ import torch
 log = logging.getLogger("adaptinf_fast")
 
 BACKENDS = ("torch", "triton", "cuda", "faiss")  # faiss: k-means assignment only, never chosen by "auto"
-_GPU_PREFERENCE = ("cuda", "triton", "torch")
+# Triton first: its kernels are the ones timed so far; the CUDA (WMMA) kernels are picked by "auto"
+# only where Triton is missing, until GPU benchmarks say otherwise.
+_GPU_PREFERENCE = ("triton", "cuda", "torch")
 
 # op -> backend -> module path. A backend is listed only once it is implemented.
 _REGISTRY: dict[str, dict[str, str]] = {
-    "project": {"torch": "adaptinf_fast.ops.projection.reference", "triton": "adaptinf_fast.ops.projection.triton"},
+    "project": {"torch": "adaptinf_fast.ops.projection.reference", "triton": "adaptinf_fast.ops.projection.triton",
+                "cuda": "adaptinf_fast.ops.projection.cuda"},
     "kmeans_assign": {"torch": "adaptinf_fast.ops.kmeans.reference", "triton": "adaptinf_fast.ops.kmeans.triton",
-                      "faiss": "adaptinf_fast.ops.kmeans.faiss_backend"},
-    "cluster_max_similarity": {"torch": "adaptinf_fast.ops.dedup.reference", "triton": "adaptinf_fast.ops.dedup.triton"},
+                      "cuda": "adaptinf_fast.ops.kmeans.cuda", "faiss": "adaptinf_fast.ops.kmeans.faiss_backend"},
+    "cluster_max_similarity": {"torch": "adaptinf_fast.ops.dedup.reference", "triton": "adaptinf_fast.ops.dedup.triton",
+                               "cuda": "adaptinf_fast.ops.dedup.cuda"},
 }
 
 _INSTALL_HINT = {
@@ -35,7 +43,8 @@ _INSTALL_HINT = {
     "run Triton kernels on CPU tensors (slow, for tests)",
     "faiss": "install faiss (`pip install adaptinf-fast[faiss]`, or faiss-gpu for CUDA tensors)",
     "cuda": "build adaptinf_fast._C with a CUDA compiler (`pip install --no-build-isolation -e .` with nvcc "
-    "on PATH) and run on a CUDA GPU",
+    "on PATH) and run on a CUDA GPU, or set ADAPTINF_CUDA_EMULATE=1 to run the CUDA kernels on CPU tensors "
+    "through the host emulator (slow, for tests)",
 }
 
 
@@ -52,14 +61,28 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def cuda_emulating() -> bool:
+    return os.environ.get("ADAPTINF_CUDA_EMULATE", "0") not in ("", "0")
+
+
 @functools.lru_cache(maxsize=None)
+def _import_extension(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(f"adaptinf_fast.{name}")
+    except ImportError as exc:
+        log.debug("adaptinf_fast.%s not importable: %s", name, exc)
+        return None
+
+
 def cuda_extension() -> ModuleType | None:
     """The compiled ``adaptinf_fast._C`` module, or None when it was not built."""
-    try:
-        return importlib.import_module("adaptinf_fast._C")
-    except ImportError as exc:
-        log.debug("adaptinf_fast._C not importable: %s", exc)
-        return None
+    return _import_extension("_C")
+
+
+def cuda_kernels() -> ModuleType | None:
+    """The module the CUDA backend launches through: ``_C``, or the host emulator ``_cuda_emu``
+    under ``ADAPTINF_CUDA_EMULATE=1`` (same launchers and kernel source, CPU tensors)."""
+    return _import_extension("_cuda_emu" if cuda_emulating() else "_C")
 
 
 def _why_unusable(backend: str, device: torch.device) -> str | None:
@@ -82,10 +105,16 @@ def _why_unusable(backend: str, device: torch.device) -> str | None:
                 return "this faiss build has no GPU support"
         return None
     if backend == "cuda":
+        if cuda_emulating():
+            if cuda_kernels() is None:
+                return "ADAPTINF_CUDA_EMULATE is set but adaptinf_fast._cuda_emu was not built"
+            if device.type == "cuda":
+                return "ADAPTINF_CUDA_EMULATE is set: the emulated CUDA backend takes CPU tensors only"
+            return None
         if cuda_extension() is None:
             return "adaptinf_fast._C was not built (no CUDA compiler at install time)"
         if device.type != "cuda":
-            return "the CUDA backend needs CUDA tensors"
+            return "the CUDA backend needs CUDA tensors (or ADAPTINF_CUDA_EMULATE=1 for CPU tensors)"
         return None
     return f"unknown backend {backend!r}"
 

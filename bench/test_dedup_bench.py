@@ -104,11 +104,15 @@ def _run(benchmark, fn, case=None, call=None):
     return cpu_peak_gib(case, call) if call else None
 
 
+@pytest.mark.parametrize("backend", ["triton", "cuda"] if CUDA else ["auto"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_ours(benchmark, case):
+def test_ours(benchmark, case, backend):
+    if backend != "auto" and backend not in af.available_backends(DEVICE)["cluster_max_similarity"]:
+        pytest.skip(f"{backend} not available for cluster_max_similarity on {DEVICE}")
     x, labels = make(*CASES[case])
-    peak = _run(benchmark, lambda: af.cluster_max_similarity(x, labels), case, "b.af.cluster_max_similarity(x, labels)")
-    _record(benchmark, labels, x.shape[1], "adaptinf_fast cluster_max_similarity (triangle tiles)", peak)
+    peak = _run(benchmark, lambda: af.cluster_max_similarity(x, labels, backend=backend), case,
+                "b.af.cluster_max_similarity(x, labels)")
+    _record(benchmark, labels, x.shape[1], f"adaptinf_fast cluster_max_similarity[{backend}] (triangle tiles)", peak)
 
 
 @pytest.mark.parametrize("case", list(CASES))

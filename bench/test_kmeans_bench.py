@@ -47,11 +47,14 @@ def _once(benchmark, fn):
     return benchmark.pedantic(timed, rounds=1, iterations=1)
 
 
+@pytest.mark.parametrize("backend", ["triton", "cuda"] if CUDA else ["auto"])
 @pytest.mark.parametrize("d,k", CASES, ids=lambda v: str(v))
-def test_ours(benchmark, data, d, k):
+def test_ours(benchmark, data, d, k, backend):
+    if backend != "auto" and backend not in af.available_backends(DEVICE)["kmeans_assign"]:
+        pytest.skip(f"{backend} not available for kmeans_assign on {DEVICE}")
     x = torch.from_numpy(data[d]).to(DEVICE)
-    km = _once(benchmark, lambda: af.KMeans(k, max_iter=ITERS, tol=0.0, seed=0).fit(x))
-    _row(benchmark, d, k, km.n_iter_, km.inertia_, "adaptinf_fast KMeans (k-means++ on a subsample)")
+    km = _once(benchmark, lambda: af.KMeans(k, max_iter=ITERS, tol=0.0, seed=0, backend=backend).fit(x))
+    _row(benchmark, d, k, km.n_iter_, km.inertia_, f"adaptinf_fast KMeans[{backend}] (k-means++ on a subsample)")
 
 
 @pytest.mark.parametrize("d,k", CASES, ids=lambda v: str(v))

@@ -1,5 +1,6 @@
 // adaptinf_fast._C: pybind11 bindings. Argument checks live here; device code lives in kernels/.
 #include <array>
+#include <initializer_list>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -21,16 +22,65 @@ int parse_kind(const std::string& kind) {
   throw std::invalid_argument("kind is '" + kind + "'; expected 'rademacher' or 'gaussian'");
 }
 
+void check_sizes(const char* op, std::initializer_list<std::int64_t> sizes) {
+  for (auto v : sizes)
+    if (v < 0) throw std::invalid_argument(std::string(op) + ": sizes must be >= 0");
+}
+
+void check_pointers(const char* op, bool nonempty, std::initializer_list<std::uintptr_t> ptrs) {
+  if (!nonempty) return;
+  for (auto p : ptrs)
+    if (p == 0) throw std::invalid_argument(std::string(op) + ": null pointer");
+}
+
+void check_device(const char* op, int device) {
+  if (device < 0) throw std::invalid_argument(std::string(op) + ": device must be >= 0");
+}
+
 void philox_fill(std::uintptr_t out, std::int64_t rows, std::int64_t cols, std::uint64_t seed,
                  std::uint64_t row_offset, const std::string& kind, float scale, std::uintptr_t stream,
                  int device) {
-  if (rows < 0 || cols < 0) throw std::invalid_argument("philox_fill: rows and cols must be >= 0");
+  check_sizes("philox_fill", {rows, cols});
   if (cols > 0xffffffffLL * 4) throw std::invalid_argument("philox_fill: cols exceeds the 32-bit block counter");
-  if (out == 0 && rows * cols > 0) throw std::invalid_argument("philox_fill: out is a null pointer");
-  if (device < 0) throw std::invalid_argument("philox_fill: device must be >= 0");
+  check_pointers("philox_fill", rows * cols > 0, {out});
+  check_device("philox_fill", device);
   const int k = parse_kind(kind);
   py::gil_scoped_release release;
   adaptinf::launch_philox_fill(out, rows, cols, seed, row_offset, k, scale, stream, device);
+}
+
+void project(std::uintptr_t x, int dtype, std::uintptr_t ws, std::int64_t batch, std::int64_t p, std::int64_t k,
+             std::int64_t ldx, std::uint64_t seed, std::uint64_t row_offset, std::int64_t p_per_split,
+             const std::string& kind, std::uintptr_t stream, int device) {
+  check_sizes("project", {batch, p, k, ldx});
+  if (k > 0xffffffffLL * 4) throw std::invalid_argument("project: k exceeds the 32-bit block counter");
+  if (batch > 1 && ldx < p) throw std::invalid_argument("project: ldx must be >= p");
+  check_pointers("project", batch * p * k > 0, {x, ws});
+  check_device("project", device);
+  const int kd = parse_kind(kind);
+  py::gil_scoped_release release;
+  adaptinf::launch_project(x, dtype, ws, batch, p, k, ldx, seed, row_offset, p_per_split, kd, stream, device);
+}
+
+void kmeans_assign(std::uintptr_t x, std::uintptr_t c, int dtype, std::uintptr_t c_sqnorm, std::uintptr_t x_sqnorm,
+                   std::uintptr_t labels, std::uintptr_t values, std::int64_t n, std::int64_t k, std::int64_t d,
+                   bool cosine, std::uintptr_t stream, int device) {
+  check_sizes("kmeans_assign", {n, k, d});
+  check_pointers("kmeans_assign", n > 0, {x, c, labels, values});
+  if (!cosine) check_pointers("kmeans_assign", n > 0, {c_sqnorm, x_sqnorm});
+  check_device("kmeans_assign", device);
+  py::gil_scoped_release release;
+  adaptinf::launch_kmeans_assign(x, c, dtype, c_sqnorm, x_sqnorm, labels, values, n, k, d, cosine, stream, device);
+}
+
+void max_sim(std::uintptr_t xs, std::uintptr_t cluster_start, std::uintptr_t tiles, std::int64_t n_tiles,
+             std::uintptr_t best, std::uintptr_t arg, std::int64_t n, std::int64_t d, std::uintptr_t stream,
+             int device) {
+  check_sizes("max_sim", {n_tiles, n, d});
+  check_pointers("max_sim", n > 0, {xs, cluster_start, tiles, best, arg});
+  check_device("max_sim", device);
+  py::gil_scoped_release release;
+  adaptinf::launch_max_sim(xs, cluster_start, tiles, n_tiles, best, arg, n, d, stream, device);
 }
 
 // Host execution of the very device functions the kernels use: lets CPU-only CI check the mapping.
@@ -55,10 +105,7 @@ std::vector<float> projection_rows_host(std::int64_t rows, std::int64_t cols, st
   return out;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "adaptinf_fast CUDA kernels (runtime API only; raw pointers, sizes and streams from Python)";
+void define(py::module_& m) {
   m.attr("__version__") = ADAPTINF_VERSION;
   m.def("philox_fill", &philox_fill, py::arg("out"), py::arg("rows"), py::arg("cols"), py::arg("seed"),
         py::arg("row_offset"), py::arg("kind"), py::arg("scale"), py::arg("stream"), py::arg("device"),
@@ -70,4 +117,35 @@ PYBIND11_MODULE(_C, m) {
         "Host run of the device mapping (seed, row, col) -> unscaled R entry, row-major (small sizes).");
   m.def("cuda_device_count", &adaptinf::cuda_device_count, "Visible CUDA devices (0 without a driver).");
   m.def("cuda_runtime_version", &adaptinf::cuda_runtime_version, "Version of the linked CUDA runtime.");
+  m.def("project", &project, py::arg("x"), py::arg("dtype"), py::arg("ws"), py::arg("batch"), py::arg("p"),
+        py::arg("k"), py::arg("ldx"), py::arg("seed"), py::arg("row_offset"), py::arg("p_per_split"), py::arg("kind"),
+        py::arg("stream"), py::arg("device"),
+        "ws[s] = x[:, s*p_per_split:(s+1)*p_per_split] @ R[row_offset + ...] (unscaled, float32 (splits, batch, k)).");
+  m.def("kmeans_assign", &kmeans_assign, py::arg("x"), py::arg("c"), py::arg("dtype"), py::arg("c_sqnorm"),
+        py::arg("x_sqnorm"), py::arg("labels"), py::arg("values"), py::arg("n"), py::arg("k"), py::arg("d"),
+        py::arg("cosine"), py::arg("stream"), py::arg("device"),
+        "Fused nearest-centroid search: labels int64 (n,), values float32 (n,).");
+  m.def("max_sim", &max_sim, py::arg("xs"), py::arg("cluster_start"), py::arg("tiles"), py::arg("n_tiles"),
+        py::arg("best"), py::arg("arg"), py::arg("n"), py::arg("d"), py::arg("stream"), py::arg("device"),
+        "Max similarity to an earlier row of the same cluster over cluster-major float32 rows.");
 }
+
+}  // namespace
+
+#if defined(ADAPTINF_EMULATE)
+namespace adaptinf {
+void emu_selftest(const std::string& name);
+}
+
+PYBIND11_MODULE(_cuda_emu, m) {
+  m.doc() = "adaptinf_fast CUDA kernels run by the host emulator (tests: host pointers, one launch at a time)";
+  define(m);
+  m.def("selftest", &adaptinf::emu_selftest, py::arg("name"),
+        "Launch a kernel that breaks a CUDA rule on purpose ('divergent_barrier', 'misaligned_wmma').");
+}
+#else
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "adaptinf_fast CUDA kernels (runtime API only; raw pointers, sizes and streams from Python)";
+  define(m);
+}
+#endif

@@ -1,7 +1,8 @@
 """Shared fixtures.
 
-* Triton switch: with no CUDA device, ``TRITON_INTERPRET=1`` is set before anything imports
-  Triton, so Triton kernels run on CPU tensors (explicit ``backend="triton"`` only).
+* Kernel switches: with no CUDA device, ``TRITON_INTERPRET=1`` is set before anything imports
+  Triton, so Triton kernels run on CPU tensors, and ``ADAPTINF_CUDA_EMULATE=1`` sends the CUDA
+  backend to the host emulator ``_cuda_emu`` (same kernel source); both for explicit ``backend=``.
 * ``rng``: a fresh random seed on every run (printed on failure) for property tests; comparisons
   with scikit-learn use their own fixed data and seeds.
 * NaN fill (autouse): fresh float allocations from ``torch.empty``/``empty_like`` are filled with
@@ -18,6 +19,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("ADAPTINF_CUDA_EMULATE", "1")
 
 CUDA = torch.cuda.is_available()
 DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
@@ -62,8 +64,8 @@ def nan_fill(monkeypatch):
 
 
 def kernel_cases(op: str) -> list:
-    """(backend, device) pairs of the kernels implemented for `op` that can run here: Triton on CPU
-    tensors under the interpreter, Triton and CUDA on a GPU when there is one."""
+    """(backend, device) pairs of the kernels implemented for `op` that can run here: Triton and CUDA
+    on CPU tensors under the interpreter and the emulator, on CUDA tensors when there is a GPU."""
     from adaptinf_fast.backends import _why_unusable, implemented_backends
 
     cases = []

@@ -18,7 +18,8 @@ def test_available_backends_lists_every_op_with_torch():
     assert all("torch" in v for v in avail.values())
     if backends.triton_interpreting():  # conftest sets TRITON_INTERPRET=1 when there is no GPU
         assert all("triton" in v for v in avail.values())
-    assert all("cuda" not in v for v in avail.values())  # CUDA kernels never take CPU tensors
+    # CUDA kernels take CPU tensors only through the host emulator (conftest sets it without a GPU)
+    assert all(("cuda" in v) == backends.cuda_emulating() for v in avail.values())
     assert "faiss" not in avail["project"]
 
 
@@ -28,11 +29,18 @@ def test_auto_sends_cpu_tensors_to_torch_even_when_interpreting(monkeypatch):
 
 
 def test_explicit_missing_backend_is_an_error_naming_what_exists():
-    with pytest.raises(af.BackendUnavailableError, match="no cuda implementation.*implemented: torch"):
-        af.project(torch.randn(2, 3), 4, backend="cuda")
+    with pytest.raises(af.BackendUnavailableError, match="no faiss implementation.*implemented: torch, triton, cuda"):
+        af.project(torch.randn(2, 3), 4, backend="faiss")
+
+
+def test_cuda_backend_on_cpu_tensors_names_the_emulator(monkeypatch):
+    monkeypatch.delenv("ADAPTINF_CUDA_EMULATE", raising=False)
+    with pytest.raises(af.BackendUnavailableError, match="ADAPTINF_CUDA_EMULATE=1"):
+        af.kmeans_assign(torch.randn(3, 2), torch.randn(2, 2), backend="cuda")
 
 
 def test_environment_variable_is_an_explicit_request(monkeypatch):
+    monkeypatch.delenv("ADAPTINF_CUDA_EMULATE", raising=False)
     monkeypatch.setenv("ADAPTINF_BACKEND", "cuda")
     with pytest.raises(af.BackendUnavailableError, match="ADAPTINF_BACKEND='cuda'"):
         af.kmeans_assign(torch.randn(3, 2), torch.randn(2, 2))

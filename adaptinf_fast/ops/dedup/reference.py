@@ -27,6 +27,23 @@ def cluster_major(labels: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return order[torch.argsort(labels[order], stable=True)]
 
 
+def cluster_tiles(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, tile_rows: int):
+    """The kernels' layout: (perm, rows gathered cluster-major (contiguous), start of each row's
+    cluster (int64, N), first rows of the row tiles sorted longest walk first (int64))."""
+    n = xn.shape[0]
+    perm = cluster_major(labels, order)
+    xs = xn[perm].contiguous()
+    sorted_labels = labels[perm]
+    new_cluster = torch.ones(n, dtype=torch.bool, device=xn.device)
+    new_cluster[1:] = sorted_labels[1:] != sorted_labels[:-1]
+    starts = torch.arange(n, device=xn.device).masked_fill(~new_cluster, 0)
+    cstart = torch.cummax(starts, 0).values
+    tile_r0 = torch.arange(0, n, tile_rows, device=xn.device)
+    walk = torch.minimum(tile_r0 + tile_rows, torch.tensor(n, device=xn.device)) - cstart[tile_r0]
+    tiles = tile_r0[torch.argsort(walk, descending=True, stable=True)].contiguous()
+    return perm, xs, cstart, tiles
+
+
 def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, progress: bool = False):
     """For L2-normalised float32 rows ``xn`` (N, D): (M float32 (N,), argmax int64 (N,)).
 

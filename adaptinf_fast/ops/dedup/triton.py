@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .. import _triton_util as tu
-from .reference import cluster_major, to_original_order
+from .reference import cluster_tiles, to_original_order
 
 
 @triton.jit
@@ -55,18 +55,9 @@ def _max_sim_kernel(x_ptr, cstart_ptr, tiles_ptr, best_ptr, arg_ptr, N, D, strid
 def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, progress: bool = False):
     """Same contract as ``reference.max_similarity`` (``progress`` is accepted; one launch)."""
     n, d = xn.shape
-    perm = cluster_major(labels, order)
-    xs = xn[perm].contiguous()
-    sorted_labels = labels[perm]
-    new_cluster = torch.ones(n, dtype=torch.bool, device=xn.device)
-    new_cluster[1:] = sorted_labels[1:] != sorted_labels[:-1]
-    starts = torch.arange(n, device=xn.device).masked_fill(~new_cluster, 0)
-    cstart = torch.cummax(starts, 0).values  # start of each row's cluster
     bm = 64 if n >= 64 else max(16, triton.next_power_of_2(n))
     bn, bd = 64, 64 if d >= 64 else max(16, triton.next_power_of_2(d))
-    tile_r0 = torch.arange(0, n, bm, device=xn.device)
-    walk = torch.minimum(tile_r0 + bm, torch.tensor(n, device=xn.device)) - cstart[tile_r0]
-    tiles = tile_r0[torch.argsort(walk, descending=True, stable=True)].contiguous()  # longest first
+    perm, xs, cstart, tiles = cluster_tiles(xn, labels, order, bm)
     best = torch.empty(n, dtype=torch.float32, device=xn.device)
     arg = torch.empty(n, dtype=torch.int64, device=xn.device)
     if xs.dtype in (torch.float16, torch.bfloat16):

@@ -40,3 +40,14 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, metric: str, c_sqnorm: torc
             values[r0 : r0 + step] = (best + xsq).clamp_min_(0.0)
             labels[r0 : r0 + step] = idx
     return labels, values
+
+
+def kernel_norms(x: torch.Tensor, centroids: torch.Tensor, metric: str, c_sqnorm: torch.Tensor | None,
+                 x_sqnorm: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contiguous float32 (‖c‖² (K,), ‖x‖² (N,)) for the kernels, from precomputed values when given.
+    For ``"cosine"`` the kernels do not read ‖x‖²; ‖c‖² is returned in its place."""
+    cn = (c_sqnorm if c_sqnorm is not None else centroids.float().pow(2).sum(1)).float().contiguous()
+    if metric != "l2":
+        return cn, cn
+    xn = x_sqnorm if x_sqnorm is not None else torch.linalg.vector_norm(x.float(), dim=1).square_()
+    return cn, xn.float().contiguous()

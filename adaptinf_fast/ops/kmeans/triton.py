@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from .. import _triton_util as tu
+from .reference import kernel_norms
 
 
 @triton.jit
@@ -75,11 +76,7 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, metric: str, c_sqnorm: torc
     if n == 0:
         return labels, values
     c = centroids.to(x.dtype)
-    cn = (c_sqnorm if c_sqnorm is not None else centroids.float().pow(2).sum(1)).contiguous()
-    if metric == "l2":
-        xn = x_sqnorm.contiguous() if x_sqnorm is not None else torch.linalg.vector_norm(x.float(), dim=1).square_()
-    else:
-        xn = cn  # unused for cosine
+    cn, xn = kernel_norms(x, centroids, metric, c_sqnorm, x_sqnorm)
     if x.dtype in (torch.float16, torch.bfloat16):
         dot_dtype, precision = tu.tl_dtype(x.dtype), "ieee"
     else:

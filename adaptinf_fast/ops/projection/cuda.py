@@ -1,0 +1,44 @@
+"""CUDA backend of the random projection (kernels/project.cu): tensor-core tiles, R from Philox.
+
+Same contract as ``triton.project_into``. The kernel writes one unscaled partial product per split
+of P into a workspace; the splits are reduced here in a fixed order and scaled by 1/sqrt(k), so
+results do not depend on scheduling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _cuda_util as cu
+
+TILE_B, TILE_N, TILE_P = 64, 64, 32  # kernels/tile_mma.cuh
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _splits(b: int, p: int, k: int, device: torch.device) -> int:
+    """Splits of P so that small outputs still fill the GPU, each walking >= 4096 rows of P."""
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    tiles = _cdiv(b, TILE_B) * _cdiv(k, TILE_N)
+    return max(1, min(sms * 2 // tiles, p // 4096, 65535))
+
+
+def project_into(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, row_offset: int,
+                 splits: int | None = None) -> None:
+    b, p = x.shape
+    k = out.shape[1]
+    x = x.to(cu.kernel_dtype(x)).contiguous()
+    splits = splits or _splits(b, p, k, x.device)
+    p_per_split = _cdiv(_cdiv(p, splits), TILE_P) * TILE_P
+    splits = _cdiv(p, p_per_split)
+    ws = torch.empty(splits, b, k, dtype=torch.float32, device=x.device)
+    stream, device = cu.stream_and_device(x)
+    cu.kernels().project(x.data_ptr(), cu.DTYPE_CODES[x.dtype], ws.data_ptr(), b, p, k, x.stride(0), seed, row_offset,
+                         p_per_split, kind, stream, device)
+    out.add_(ws.sum(0) if splits > 1 else ws[0], alpha=1.0 / math.sqrt(k))

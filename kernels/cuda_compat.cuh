@@ -1,0 +1,22 @@
+// What the tensor-core kernels need from CUDA: WMMA, half and bfloat16 types, conversions.
+// With ADAPTINF_EMULATE the host emulator in csrc/emu stands in (CPU-only tests of the same source).
+#pragma once
+
+#if defined(ADAPTINF_EMULATE)
+#include "cuda_emu.h"
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+#endif
+
+namespace adaptinf {
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ long long min_ll(long long a, long long b) { return a < b ? a : b; }
+
+}  // namespace adaptinf
