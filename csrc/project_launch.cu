@@ -31,7 +31,7 @@ void launch_project(std::uintptr_t x, int dtype, std::uintptr_t ws, std::int64_t
                     std::int64_t p_per_split, int kind, std::uintptr_t stream, int device) {
   if (batch == 0 || p == 0 || k == 0) return;
   if (p_per_split < 1) throw std::invalid_argument("project: p_per_split must be >= 1");
-  const Grid grid{ceil_div(batch, kTileM), ceil_div(k, kTileN), ceil_div(p, p_per_split)};
+  const Grid grid{ceil_div(k, kTileN), ceil_div(batch, kTileM), ceil_div(p, p_per_split)};
   check_grid(grid, "project");
   prepare_device(device);
   dispatch_dtype(dtype, "project", [&](auto tag) {

@@ -1,6 +1,6 @@
 // Dense random projection on tensor cores: ws[split] = x[:, slice] @ R[row_offset + slice, :].
 //
-// Grid (batch tiles, column tiles, splits of P). A block walks its slice of P 32 rows at a time:
+// Grid (column tiles, batch tiles, splits of P); the caller splits batches above 65535 x 64 rows. A block walks its slice of P 32 rows at a time:
 // it stages the x tile, generates the matching R tile straight into shared memory from Philox
 // (philox.cuh, bit-identical to the reference), and multiplies on tensor cores. Every R tile is
 // generated once per block and reused by all 64 rows of the batch tile; a 64-column tile lies in
@@ -42,8 +42,8 @@ __global__ void __launch_bounds__(kThreads)
     adaptinf_project(const T* __restrict__ x, float* __restrict__ ws, long long batch, long long p, long long k,
                      long long ldx, unsigned long long seed, unsigned long long row_offset, long long p_per_split) {
   __shared__ TileSmem<T> sm;
-  const long long b0 = static_cast<long long>(blockIdx.x) * kTileM;
-  const long long n0 = static_cast<long long>(blockIdx.y) * kTileN;
+  const long long n0 = static_cast<long long>(blockIdx.x) * kTileN;  // x: column tiles (any k)
+  const long long b0 = static_cast<long long>(blockIdx.y) * kTileM;  // y: batch tiles (<= 65535)
   const long long p_start = static_cast<long long>(blockIdx.z) * p_per_split;
   const long long p_end = min_ll(p_start + p_per_split, p);
   WarpTile<T, KIND == kGaussian> tile;  // Rademacher signs are exact in tf32: no lo part

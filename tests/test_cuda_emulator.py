@@ -35,8 +35,19 @@ def test_philox_fill_kernel_matches_reference(kind):
 
 
 def test_launcher_refuses_a_grid_beyond_cuda_limits():
+    x, ws = torch.zeros(1), torch.zeros(1)  # never touched: the grid is checked before any launch
     with pytest.raises(ValueError, match="beyond CUDA's limits"):
-        af.project(torch.randn(1, 3), 65536 * 64 + 1, backend="cuda")
+        cuda_kernels().project(x.data_ptr(), 0, ws.data_ptr(), 65536 * 64, 1, 1, 1, 0, 0, 1, "rademacher", 0, 0)
+
+
+def test_batches_above_one_launch_are_split(monkeypatch, rng):
+    from adaptinf_fast.ops.projection import cuda
+
+    monkeypatch.setattr(cuda, "MAX_ROWS_PER_LAUNCH", 64)
+    x = torch.randn(150, 70, generator=rng)
+    out = torch.ones(150, 300)
+    af.project(x, 300, seed=9, out=out, backend="cuda")
+    torch.testing.assert_close(out - 1, af.project(x, 300, seed=9, backend="torch"), rtol=1e-5, atol=1e-5)
 
 
 def test_launcher_refuses_null_pointers():

@@ -14,6 +14,7 @@ import torch
 from .. import _cuda_util as cu
 
 TILE_B, TILE_N, TILE_P = 64, 64, 32  # kernels/tile_mma.cuh
+MAX_ROWS_PER_LAUNCH = 65535 * TILE_B  # batch tiles sit on the grid's y axis (at most 65535)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -31,9 +32,14 @@ def _splits(b: int, p: int, k: int, device: torch.device) -> int:
 
 def project_into(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, row_offset: int,
                  splits: int | None = None) -> None:
+    x = x.to(cu.kernel_dtype(x)).contiguous()
+    for r0 in range(0, x.shape[0], MAX_ROWS_PER_LAUNCH):  # rows are independent
+        _launch(x[r0 : r0 + MAX_ROWS_PER_LAUNCH], out[r0 : r0 + MAX_ROWS_PER_LAUNCH], seed, kind, row_offset, splits)
+
+
+def _launch(x: torch.Tensor, out: torch.Tensor, seed: int, kind: str, row_offset: int, splits: int | None) -> None:
     b, p = x.shape
     k = out.shape[1]
-    x = x.to(cu.kernel_dtype(x)).contiguous()
     splits = splits or _splits(b, p, k, x.device)
     p_per_split = _cdiv(_cdiv(p, splits), TILE_P) * TILE_P
     splits = _cdiv(p, p_per_split)
