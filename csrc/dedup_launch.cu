@@ -4,7 +4,7 @@
 
 namespace adaptinf {
 
-void launch_max_sim(std::uintptr_t xs, std::uintptr_t cluster_start, std::uintptr_t tiles, std::int64_t n_tiles,
+void launch_max_sim(std::uintptr_t xs, int dtype, std::uintptr_t cluster_start, std::uintptr_t tiles, std::int64_t n_tiles,
                     std::uintptr_t best, std::uintptr_t arg, std::int64_t n, std::int64_t d, std::uintptr_t stream,
                     int device) {
   if (n == 0 || n_tiles == 0) return;
@@ -12,10 +12,13 @@ void launch_max_sim(std::uintptr_t xs, std::uintptr_t cluster_start, std::uintpt
   const Grid grid{n_tiles, 1, 1};
   check_grid(grid, "max_sim");
   prepare_device(device);
-  auto kernel = adaptinf_max_sim<float>;  // rows are L2-normalised in float32 before the kernel
-  ADAPTINF_LAUNCH(kernel, grid, kThreads, stream, reinterpret_cast<const float*>(xs),
-                  reinterpret_cast<const long long*>(cluster_start), reinterpret_cast<const long long*>(tiles),
-                  reinterpret_cast<float*>(best), reinterpret_cast<long long*>(arg), n, d);
+  dispatch_dtype(dtype, "max_sim", [&](auto tag) {
+    using T = decltype(tag);
+    auto kernel = adaptinf_max_sim<T>;
+    ADAPTINF_LAUNCH(kernel, grid, kThreads, stream, reinterpret_cast<const T*>(xs),
+                    reinterpret_cast<const long long*>(cluster_start), reinterpret_cast<const long long*>(tiles),
+                    reinterpret_cast<float*>(best), reinterpret_cast<long long*>(arg), n, d);
+  });
   check_launch("adaptinf_max_sim launch");
 }
 

@@ -21,8 +21,8 @@ void launch_kmeans_assign(std::uintptr_t x, std::uintptr_t c, int dtype, std::ui
                           std::uintptr_t x_sqnorm, std::uintptr_t labels, std::uintptr_t values, std::int64_t n,
                           std::int64_t k, std::int64_t d, bool cosine, std::uintptr_t stream, int device);
 
-// best float32 (n,), arg int64 (n,) over cluster-major float32 rows xs (n, d); tiles: 64-row tile starts.
-void launch_max_sim(std::uintptr_t xs, std::uintptr_t cluster_start, std::uintptr_t tiles, std::int64_t n_tiles,
+// best float32 (n,), arg int64 (n,) over cluster-major rows xs (n, d); tiles: 64-row tile starts.
+void launch_max_sim(std::uintptr_t xs, int dtype, std::uintptr_t cluster_start, std::uintptr_t tiles, std::int64_t n_tiles,
                     std::uintptr_t best, std::uintptr_t arg, std::int64_t n, std::int64_t d, std::uintptr_t stream,
                     int device);
 

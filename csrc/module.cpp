@@ -73,14 +73,14 @@ void kmeans_assign(std::uintptr_t x, std::uintptr_t c, int dtype, std::uintptr_t
   adaptinf::launch_kmeans_assign(x, c, dtype, c_sqnorm, x_sqnorm, labels, values, n, k, d, cosine, stream, device);
 }
 
-void max_sim(std::uintptr_t xs, std::uintptr_t cluster_start, std::uintptr_t tiles, std::int64_t n_tiles,
+void max_sim(std::uintptr_t xs, int dtype, std::uintptr_t cluster_start, std::uintptr_t tiles, std::int64_t n_tiles,
              std::uintptr_t best, std::uintptr_t arg, std::int64_t n, std::int64_t d, std::uintptr_t stream,
              int device) {
   check_sizes("max_sim", {n_tiles, n, d});
   check_pointers("max_sim", n > 0, {xs, cluster_start, tiles, best, arg});
   check_device("max_sim", device);
   py::gil_scoped_release release;
-  adaptinf::launch_max_sim(xs, cluster_start, tiles, n_tiles, best, arg, n, d, stream, device);
+  adaptinf::launch_max_sim(xs, dtype, cluster_start, tiles, n_tiles, best, arg, n, d, stream, device);
 }
 
 // Host execution of the very device functions the kernels use: lets CPU-only CI check the mapping.
@@ -125,9 +125,9 @@ void define(py::module_& m) {
         py::arg("x_sqnorm"), py::arg("labels"), py::arg("values"), py::arg("n"), py::arg("k"), py::arg("d"),
         py::arg("cosine"), py::arg("stream"), py::arg("device"),
         "Fused nearest-centroid search: labels int64 (n,), values float32 (n,).");
-  m.def("max_sim", &max_sim, py::arg("xs"), py::arg("cluster_start"), py::arg("tiles"), py::arg("n_tiles"),
+  m.def("max_sim", &max_sim, py::arg("xs"), py::arg("dtype"), py::arg("cluster_start"), py::arg("tiles"), py::arg("n_tiles"),
         py::arg("best"), py::arg("arg"), py::arg("n"), py::arg("d"), py::arg("stream"), py::arg("device"),
-        "Max similarity to an earlier row of the same cluster over cluster-major float32 rows.");
+        "Max similarity to an earlier row of the same cluster over cluster-major rows.");
 }
 
 }  // namespace

@@ -117,8 +117,11 @@ def semdedup(
         order: ``"hard" | "easy" | "random" | "index"`` (see ``semdedup_order``) or a permutation.
         centroids: optional (L, D) centroids indexed by label value, for "hard"/"easy".
         seed: seed of ``order="random"``.
-        exact: decisions equal those of float32 arithmetic on the same input values. The torch
-            backend always computes in float32; low-precision kernels re-check rows near 1 - eps.
+        exact: decisions equal those of float32 arithmetic on the same input values. fp16/bf16
+            input on a kernel backend is screened in its own precision (tensor-core rate); with
+            ``exact`` the rows whose screened M_j lies within the rounding band of some 1 - eps are
+            recomputed in float32. Without it, screened values decide. The torch backend and
+            float32 input always compute in float32.
         nonfinite, backend: as in ``cluster_max_similarity``.
 
     Returns:
@@ -128,9 +131,65 @@ def semdedup(
     x = _validate.float_matrix(x, "x")
     if isinstance(order, str):
         order = semdedup_order(x, labels, order, centroids=centroids, seed=seed)
-    m, _ = cluster_max_similarity(x, labels, order=order, nonfinite=nonfinite, backend=backend)
+    if x.dtype in _ROUNDOFF and resolve("cluster_max_similarity", backend, x.device)[0] != "torch":
+        m = _screened_max_similarity(x, labels, order, eps_list, exact, nonfinite, backend)
+    else:
+        m, _ = cluster_max_similarity(x, labels, order=order, nonfinite=nonfinite, backend=backend)
     keep = torch.stack([~(m > 1.0 - e) for e in eps_list])
     return keep if isinstance(eps, (list, tuple)) else keep[0]
+
+
+# Unit roundoff of the screening dtypes. Rounding unit rows to it moves a dot product by at most
+# 2u + u² (Cauchy–Schwarz); fp32 accumulation over D terms adds at most D·2⁻²⁴.
+_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+
+
+def screening_band(dtype: torch.dtype, d: int) -> float:
+    """Largest |screened M_j − fp32 M_j| for unit rows of dimension d rounded to ``dtype``, doubled."""
+    u = _ROUNDOFF[dtype]
+    return 2.0 * (2.0 * u + u * u + d * 2.0**-24)
+
+
+def _screened_max_similarity(x: torch.Tensor, labels: Any, order: Any, eps_list: list[float], exact: bool,
+                             nonfinite: str, backend: str) -> torch.Tensor:
+    """M for ``semdedup`` from a fp16/bf16 kernel pass, rows near a threshold recomputed in fp32."""
+    x = _validate.check_finite(x, "x", nonfinite)
+    n = x.shape[0]
+    labels = _labels(labels, n).to(x.device)
+    order = _validate.permutation(order, n).to(x.device)
+    if n == 0:
+        return torch.empty(0, dtype=torch.float32, device=x.device)
+    xn = _normalized(x)
+    _, impl = resolve("cluster_max_similarity", backend, x.device)
+    m, _ = impl.max_similarity(xn.to(x.dtype), labels, order)
+    if exact:
+        band = screening_band(x.dtype, x.shape[1])
+        near = torch.zeros(n, dtype=torch.bool, device=x.device)
+        for e in eps_list:
+            near |= (m - (1.0 - e)).abs() <= band
+        rows = near.nonzero().flatten()
+        if rows.numel():
+            m[rows] = _exact_rows(xn, labels, order, rows)
+    return m
+
+
+def _exact_rows(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, rows: torch.Tensor,
+                chunk: int = 256) -> torch.Tensor:
+    """fp32 M_j for the given rows: max similarity to an earlier (in ``order``) row of the same cluster."""
+    pos = torch.empty_like(order)
+    pos[order] = torch.arange(order.numel(), device=order.device)
+    out = torch.full((rows.numel(),), float("-inf"), dtype=torch.float32, device=xn.device)
+    row_labels = labels[rows]
+    for c in row_labels.unique():
+        members = (labels == c).nonzero().flatten()
+        where = (row_labels == c).nonzero().flatten()
+        for w0 in range(0, where.numel(), chunk):
+            w = where[w0 : w0 + chunk]
+            r = rows[w]
+            sims = xn[r] @ xn[members].T
+            sims.masked_fill_(pos[members][None, :] >= pos[r][:, None], float("-inf"))
+            out[w] = sims.max(dim=1).values
+    return out
 
 
 def prune_to_budget(max_sim: Any, labels: Any, budget: Any, *, order: Any = None) -> torch.Tensor:
