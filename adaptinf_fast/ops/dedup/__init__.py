@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any, Sequence
 
 import torch
@@ -42,14 +43,20 @@ def cluster_max_similarity(x: Any, labels: Any, *, order: Any = None, nonfinite:
         (M float32 (N,), index int64 (N,)): M_j is the true maximum (it may be negative); where j has
         no predecessor in its cluster, M_j = -inf and index = -1. Ties go to the earliest sample.
     """
+    x, labels, order = _inputs(x, labels, order, nonfinite)
+    if x.shape[0] == 0:
+        return torch.empty(0, dtype=torch.float32, device=x.device), torch.empty(0, dtype=torch.int64, device=x.device)
+    _, impl = resolve("cluster_max_similarity", backend, x.device)
+    return impl.max_similarity(_normalized(x), labels, order, progress=progress)
+
+
+def _inputs(x: Any, labels: Any, order: Any, nonfinite: str):
+    """Validated (x, labels, order) on x's device; order defaults to index order."""
     x = _validate.check_finite(_validate.float_matrix(x, "x"), "x", nonfinite)
     n = x.shape[0]
     labels = _labels(labels, n).to(x.device)
     order = (torch.arange(n) if order is None else _validate.permutation(order, n)).to(x.device)
-    if n == 0:
-        return torch.empty(0, dtype=torch.float32, device=x.device), torch.empty(0, dtype=torch.int64, device=x.device)
-    _, impl = resolve("cluster_max_similarity", backend, x.device)
-    return impl.max_similarity(_normalized(x), labels, order, progress=progress)
+    return x, labels, order
 
 
 def semdedup_order(x: Any, labels: Any, mode: str = "hard", *, centroids: Any = None, seed: int = 0) -> torch.Tensor:
@@ -131,8 +138,9 @@ def semdedup(
     x = _validate.float_matrix(x, "x")
     if isinstance(order, str):
         order = semdedup_order(x, labels, order, centroids=centroids, seed=seed)
-    if x.dtype in _ROUNDOFF and resolve("cluster_max_similarity", backend, x.device)[0] != "torch":
-        m = _screened_max_similarity(x, labels, order, eps_list, exact, nonfinite, backend)
+    name, impl = resolve("cluster_max_similarity", backend, x.device)
+    if x.dtype in _ROUNDOFF and name != "torch":
+        m = _screened_max_similarity(x, labels, order, eps_list, exact, nonfinite, impl)
     else:
         m, _ = cluster_max_similarity(x, labels, order=order, nonfinite=nonfinite, backend=backend)
     keep = torch.stack([~(m > 1.0 - e) for e in eps_list])
@@ -151,16 +159,13 @@ def screening_band(dtype: torch.dtype, d: int) -> float:
 
 
 def _screened_max_similarity(x: torch.Tensor, labels: Any, order: Any, eps_list: list[float], exact: bool,
-                             nonfinite: str, backend: str) -> torch.Tensor:
+                             nonfinite: str, impl: ModuleType) -> torch.Tensor:
     """M for ``semdedup`` from a fp16/bf16 kernel pass, rows near a threshold recomputed in fp32."""
-    x = _validate.check_finite(x, "x", nonfinite)
+    x, labels, order = _inputs(x, labels, order, nonfinite)
     n = x.shape[0]
-    labels = _labels(labels, n).to(x.device)
-    order = _validate.permutation(order, n).to(x.device)
     if n == 0:
         return torch.empty(0, dtype=torch.float32, device=x.device)
     xn = _normalized(x)
-    _, impl = resolve("cluster_max_similarity", backend, x.device)
     m, _ = impl.max_similarity(xn.to(x.dtype), labels, order)
     if exact:
         band = screening_band(x.dtype, x.shape[1])
