@@ -3,12 +3,17 @@
 Run a suite with ``python -m pytest bench/<suite>.py --benchmark-json bench/results/<name>.json``;
 pytest-benchmark stamps the JSON with machine and commit info; every row also carries
 ``extra_info`` with FLOPs, achieved TFLOP/s and the fraction of the GEMM rate measured in the same
-run on the same device (fp32 on CPU, bf16 on GPU).
+run on the same device (fp32 on CPU, bf16 on GPU). With ``BENCH_JSONL=path`` each case is also
+appended to that file as one JSON line the moment it finishes (pytest-benchmark writes its JSON only
+at the end, so a run cut off by a time limit would otherwise keep nothing).
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
+import json
+import os
 import platform
 import time
 
@@ -66,3 +71,19 @@ def record(benchmark):
         )
 
     return _record
+
+
+@pytest.fixture(autouse=True)
+def _row_per_case(request):
+    """Append the finished case to $BENCH_JSONL (see the module docstring)."""
+    yield
+    path = os.environ.get("BENCH_JSONL")
+    bm = request.node.funcargs.get("benchmark")
+    if not path or bm is None or getattr(bm, "stats", None) is None:
+        return
+    st = bm.stats.stats
+    row = {"name": request.node.name, "mean": st.mean, "min": st.min, "rounds": st.rounds,
+           "device": device_name(), "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "extra_info": dict(bm.extra_info)}
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")

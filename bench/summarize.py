@@ -1,4 +1,7 @@
-"""Print a results JSON from pytest-benchmark as a table: case, method, mean time, TFLOP/s, fraction."""
+"""Print bench results as a table: case, mean time, TFLOP/s, fraction of the GEMM rate, method.
+
+Takes pytest-benchmark's JSON or the per-case JSON lines of ``BENCH_JSONL`` (``bench/conftest.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,24 @@ import json
 import sys
 
 
-def main(path: str) -> None:
+def rows(path: str) -> tuple[str, list[dict]]:
+    if path.endswith(".jsonl"):
+        lines = [json.loads(line) for line in open(path) if line.strip()]
+        head = f"# {path}: {lines[0]['device'] if lines else 'no finished case'}"
+        return head, [{"name": r["name"], "mean": r["mean"], "extra": r.get("extra_info", {})} for r in lines]
     data = json.load(open(path))
-    print(f"# {path}: {data['machine_info'].get('cpu', {}).get('brand_raw', '')} | commit {data.get('commit_info', {}).get('id', '')[:10]}")
+    head = (f"# {path}: {data['machine_info'].get('cpu', {}).get('brand_raw', '')} | "
+            f"commit {data.get('commit_info', {}).get('id', '')[:10]}")
+    return head, [{"name": b["name"], "mean": b["stats"]["mean"], "extra": b.get("extra_info", {})} for b in data["benchmarks"]]
+
+
+def main(path: str) -> None:
+    head, table = rows(path)
+    print(head)
     print(f"{'case':<55} {'mean s':>9} {'TFLOP/s':>9} {'of GEMM':>8}  method")
-    for b in data["benchmarks"]:
-        e = b.get("extra_info", {})
-        print(f"{b['name']:<55} {b['stats']['mean']:>9.3f} {e.get('tflops', float('nan')):>9.3f} "
+    for r in table:
+        e = r["extra"]
+        print(f"{r['name']:<55} {r['mean']:>9.3f} {e.get('tflops', float('nan')):>9.3f} "
               f"{e.get('fraction_of_gemm', float('nan')):>8.3f}  {e.get('method', '')}")
 
 

@@ -1,9 +1,11 @@
 """Feature extraction throughput: GradientFeaturizer vs the release-style loop (batch 1, full LoRA
 gradients, then TRAK's BasicProjector) and vs a plain forward+backward over the same batches.
 
-CPU: a ~20M-parameter Llama config, LoRA r=16 on all linear layers, 256 tokens, batch 16, k=8192.
-GPU: a ~1B-parameter config in bf16 (same LoRA), batch 16. Rows report samples/s; on GPU also the
-peak memory (CPU peak memory is not measured).
+CPU: a ~20M-parameter Llama config, LoRA r=16 on all linear layers, 256 tokens, batch 16, k=8192,
+8 batches (128 samples). GPU: a ~1B-parameter config in bf16 (same LoRA), batch 16, 16 batches (256
+samples: one full gradient buffer). The featurizer runs with its gradient buffer (several batches
+per projection launch, the default) and with ``project_samples=16`` (one launch per batch). Rows
+report samples/s; on GPU also the peak memory (CPU peak memory is not measured).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from conftest import CUDA, sync
 
 DEVICE = "cuda" if CUDA else "cpu"
 BATCH, TOKENS, K = 16, 256, 8192
-N_BATCHES = 2 if CUDA else 1
+N_BATCHES = 16 if CUDA else 8
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +77,15 @@ def test_plain_forward_backward(benchmark, setup):
     _record(benchmark, BATCH * N_BATCHES, "plain forward+backward (the floor)", n_params)
 
 
-@pytest.mark.parametrize("layers,mode", [("last", "dense"), ("last", "factored"), ("all", "factored"), ("all", "dense")])
-def test_gradient_featurizer(benchmark, setup, layers, mode):
+@pytest.mark.parametrize("layers,mode,per_launch", [("last", "dense", 256), ("last", "dense", BATCH), ("last", "factored", 0),
+                                                   ("all", "factored", 0), ("all", "dense", 256), ("all", "dense", BATCH)])
+def test_gradient_featurizer(benchmark, setup, layers, mode, per_launch):
     model, rows, n_params = setup
-    fz = af.GradientFeaturizer(model, layers=layers, out_dim=K, mode=mode)
+    fz = af.GradientFeaturizer(model, layers=layers, out_dim=K, mode=mode, project_samples=max(per_launch, 1))
     _reset_peak()
     benchmark.pedantic(lambda: fz.extract(rows, batch_size=BATCH, progress=False), rounds=1, iterations=1)
-    _record(benchmark, len(rows), f"adaptinf_fast GradientFeaturizer({layers}, {mode})", n_params,
+    how = f", {per_launch} samples per projection launch" if mode == "dense" else ""
+    _record(benchmark, len(rows), f"adaptinf_fast GradientFeaturizer({layers}, {mode}{how})", n_params,
             featurised_params=sum(p.numel() for p in fz.params))
 
 

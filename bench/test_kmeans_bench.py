@@ -15,8 +15,13 @@ import adaptinf_fast as af
 from conftest import CUDA, gemm_tflops, sync
 
 DEVICE = "cuda" if CUDA else "cpu"
-N = 1_000_000 if CUDA else 100_000
+N_MAX = 1_000_000 if CUDA else 100_000
 CASES = [(d, k) for d in ((128, 1024, 8192) if CUDA else (128, 384)) for k in ((10, 1024, 16384) if CUDA else (10, 256))]
+HOST_BYTES = 4 << 30  # float32 data per D: 1M rows up to D=1024, 131k at D=8192 (fits host and an 80 GB GPU)
+
+
+def rows_for(d: int) -> int:
+    return min(N_MAX, HOST_BYTES // (4 * d))
 ITERS = 20
 
 
@@ -26,14 +31,16 @@ def data():
     out = {}
     for d in sorted({d for d, _ in CASES}):
         centers = rng.standard_normal((64, d)).astype(np.float32) * 2
-        out[d] = (centers[rng.integers(0, 64, N)] + rng.standard_normal((N, d), dtype=np.float32))
+        n = rows_for(d)
+        out[d] = (centers[rng.integers(0, 64, n)] + rng.standard_normal((n, d), dtype=np.float32))
     return out
 
 
 def _row(benchmark, d, k, n_iter, inertia, method):
     per_iter = benchmark.stats.stats.mean / max(n_iter, 1)
-    tflops = 2 * N * k * d / per_iter / 1e12
-    benchmark.extra_info.update(method=method, device=DEVICE, n=N, d=d, k=k, n_iter=int(n_iter),
+    n = rows_for(d)
+    tflops = 2 * n * k * d / per_iter / 1e12
+    benchmark.extra_info.update(method=method, device=DEVICE, n=n, d=d, k=k, n_iter=int(n_iter),
                                 seconds_per_iter=round(per_iter, 5), inertia=float(inertia),
                                 tflops=round(tflops, 4), fraction_of_gemm=round(tflops / gemm_tflops(DEVICE), 4))
 

@@ -155,8 +155,8 @@ def test_shards_on_disk_resume_without_recomputing(rng, tmp_path, monkeypatch):
     torch.testing.assert_close(full.features, fz.extract(rows, batch_size=2, progress=False).features, atol=1e-3, rtol=0)
     (tmp_path / "shard-00001.json").unlink()  # as if killed while writing shard 1
     calls = []
-    real = fz.featurize_batch
-    monkeypatch.setattr(fz, "featurize_batch", lambda b: calls.append(b["input_ids"].shape[0]) or real(b))
+    real = fz._pass  # one forward+backward per batch
+    monkeypatch.setattr(fz, "_pass", lambda b, buf: calls.append(b["input_ids"].shape[0]) or real(b, buf))
     again = fz.extract(rows, batch_size=2, out_dir=tmp_path, shard_size=4, progress=False)
     assert calls == [2, 2]  # only shard 1's two batches
     assert again.ids == full.ids and torch.equal(again.features, full.features)
@@ -233,4 +233,49 @@ def test_huggingface_dataset_input(rng):
     fz = af.GradientFeaturizer(model, layers="all", out_dim=OUT)
     a, b = fz.extract(ds, batch_size=2, progress=False), fz.extract(rows, batch_size=2, progress=False)
     assert a.ids == b.ids
+    torch.testing.assert_close(a.features, b.features, rtol=1e-5, atol=1e-6)
+
+
+def test_buffered_projection_equals_per_batch_and_launches_whole_buffers(rng, monkeypatch):
+    from adaptinf_fast.features import gradbuffer
+
+    model = tiny_llama()
+    rows = random_rows(20, rng)
+    per_batch = af.GradientFeaturizer(model, layers="all", out_dim=OUT, project_samples=1).extract(rows, batch_size=3, progress=False)
+    launches = []
+    real = gradbuffer.GradientBuffer.project
+    monkeypatch.setattr(gradbuffer.GradientBuffer, "project", lambda self: launches.append(self.fill) or real(self))
+    fz = af.GradientFeaturizer(model, layers="all", out_dim=OUT, project_samples=8)
+    buffered = fz.extract(rows, batch_size=3, shard_size=12, progress=False)
+    assert launches == [6, 6, 6, 2]  # whole batches per launch; shard boundaries (after 12, 20) flush
+    assert buffered.ids == per_batch.ids
+    torch.testing.assert_close(buffered.features, per_batch.features, rtol=1e-5, atol=1e-6)
+    for name in per_batch.scores:
+        torch.testing.assert_close(buffered.scores[name], per_batch.scores[name], rtol=1e-6, atol=0, equal_nan=True)
+
+
+def test_buffer_memory_cap_falls_back_to_per_batch_projection(rng, monkeypatch, caplog):
+    from adaptinf_fast.features import gradbuffer
+
+    model = tiny_llama()
+    rows = random_rows(6, rng)
+    made = []
+    monkeypatch.setattr(gradbuffer.GradientBuffer, "__init__", lambda self, *a, **k: made.append(1) or None)
+    fz = af.GradientFeaturizer(model, layers="all", out_dim=OUT, project_memory=1000)  # < one batch of rows
+    with caplog.at_level("INFO", logger="adaptinf_fast"):
+        fs = fz.extract(rows, batch_size=3, progress=False)
+    assert not made and "projecting batch by batch" in caplog.text
+    want = af.GradientFeaturizer(model, layers="all", out_dim=OUT, project_samples=1).extract(rows, batch_size=3, progress=False)
+    assert torch.equal(fs.features, want.features)
+
+
+def test_buffered_adam_preconditioning_equals_per_batch(rng):
+    model = tiny_llama()
+    rows = random_rows(7, rng)
+    fz = af.GradientFeaturizer(model, layers=[-1], out_dim=OUT)
+    state = {n: {"exp_avg": torch.randn(p.shape, generator=rng) * 1e-3, "exp_avg_sq": torch.rand(p.shape, generator=rng) * 1e-6}
+             for n, p in zip(fz.param_names, fz.params)}
+    a = af.GradientFeaturizer(model, layers=[-1], out_dim=OUT, optimizer_state=state).extract(rows, batch_size=2, progress=False)
+    b = af.GradientFeaturizer(model, layers=[-1], out_dim=OUT, optimizer_state=state, project_samples=1).extract(
+        rows, batch_size=2, progress=False)
     torch.testing.assert_close(a.features, b.features, rtol=1e-5, atol=1e-6)

@@ -46,3 +46,57 @@ def test_fit_with_kernel_equals_reference_fit(backend, device, dtype, rng):
     a = af.KMeans(4, seed=2, backend=backend).fit(x.to(device))
     b = af.KMeans(4, seed=2, backend="torch").fit(x)
     assert a.inertia_ == pytest.approx(b.inertia_, rel=1e-4)
+
+
+def near_tied_centroids(rng, n: int, d: int, gap: float):
+    """Rows x with two centroids whose scores differ by about ``gap`` relative (random sign): below
+    the 16-bit screening resolution, far above float32's. Plus 30 random far centroids."""
+    x = torch.randn(n, d, generator=rng)
+    u = torch.nn.functional.normalize(torch.randn(n, d, generator=rng), dim=1)
+    c_far = torch.randn(30, d, generator=rng) * 3 + 10
+    # one pair of centroids per row would need n centroids; use 4 shared pairs and rows near their bisectors
+    base = torch.randn(4, d, generator=rng)
+    delta = torch.nn.functional.normalize(torch.randn(4, d, generator=rng), dim=1)
+    pair = torch.randint(0, 4, (n,), generator=rng)
+    sign = torch.where(torch.rand(n, 1, generator=rng) < 0.5, -1.0, 1.0)
+    # x = base + t·(u ⟂ delta) + s·delta: ‖x−(base+δ)‖² − ‖x−(base−δ)‖² = −4 s ‖δ‖², so s sets the gap
+    u = u - (u * delta[pair]).sum(1, keepdim=True) * delta[pair]
+    x = base[pair] + 2.0 * u + sign * gap * delta[pair]
+    c = torch.cat([base + delta, base - delta, c_far])
+    return x, c
+
+
+@pytest.mark.parametrize("device", [c.values[1] for c in CASES if c.values[0] == "triton"])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_triton_screen_rechecks_near_ties_and_equals_fp32(device, metric, rng, monkeypatch):
+    from adaptinf_fast.ops.kmeans import triton as tri
+
+    x, c = near_tied_centroids(rng, 400, 96, gap=3e-5)
+    want_l, want_v = af.kmeans_assign(x, c, metric=metric, backend="torch")
+    xp, cp = (torch.nn.functional.normalize(t, dim=1) for t in (x, c)) if metric == "cosine" else (x, c)
+    cn = cp.pow(2).sum(1)
+    raw, _, _ = tri.screened_assign(tri.screened_rows(xp.to(device), metric), cp.to(device), metric, cn.to(device))
+    wrong = int((raw.cpu() != want_l).sum())
+    assert wrong > 0, "16-bit screening alone cannot separate these ties (else the test shows nothing)"
+    redone = []
+    real = tri.reference.assign
+    monkeypatch.setattr(tri.reference, "assign", lambda x_, *a, **k: redone.append(len(x_)) or real(x_, *a, **k))
+    labels, value = af.kmeans_assign(x.to(device), c.to(device), metric=metric, backend="triton")
+    assert redone and wrong <= redone[0] <= 400
+    assert torch.equal(labels.cpu(), want_l)
+    scale = float(xp.pow(2).sum(1).max() + cp.pow(2).sum(1).max())  # ‖x‖² − 2x·c + ‖c‖² cancels
+    torch.testing.assert_close(value.cpu(), want_v, rtol=1e-6, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("device", [c.values[1] for c in CASES if c.values[0] == "triton"])
+def test_lloyd_keeps_the_screened_rows_across_iterations(device, rng, monkeypatch):
+    from adaptinf_fast.ops.kmeans import triton as tri
+
+    calls = []
+    real = tri.screened_rows
+    monkeypatch.setattr(tri, "screened_rows", lambda x_, m: calls.append(len(x_)) or real(x_, m))
+    x = torch.randn(500, 8, generator=rng) + torch.randint(0, 3, (500, 1), generator=rng) * 4
+    km = af.KMeans(3, seed=1, backend="triton", max_iter=6, tol=0).fit(x.to(device))
+    assert km.n_iter_ > 1 and len(calls) == 1  # one screened copy of the (single-chunk) data
+    ref = af.KMeans(3, seed=1, backend="torch", max_iter=6, tol=0).fit(x)
+    assert torch.equal(km.labels_.cpu(), ref.labels_) and km.inertia_ == pytest.approx(ref.inertia_, rel=1e-6)

@@ -15,6 +15,7 @@ from ..ops.projection.linear_grads import project_linear_grads
 from .batching import Encoder, collate, encode_many
 from .capture import Capture, grads_enabled_on
 from .featureset import FeatureSet
+from .gradbuffer import DEFAULT_SAMPLES, GradientBuffer, default_capacity
 from .lora import find_lora_targets
 from .scores import SCORES, sample_scores, token_stats
 
@@ -54,13 +55,21 @@ class GradientFeaturizer:
         max_length: longest sequence; longer ones are truncated (counted in the log) or, with
             ``on_overflow="error"``, reported and skipped.
         backend: projection backend.
+        project_samples: dense mode, ``extract``: per-sample gradients of this many samples (several
+            batches) are kept on the model's device and projected in one launch, so each generated
+            tile of R serves them all (a 16-sample batch alone leaves the kernel bound by generating
+            R). Features equal the per-batch projection up to float32 summation order.
+        project_memory: bytes that buffer may take (float32 rows × samples); default a quarter of
+            the GPU's free memory, 2 GiB on CPU. When not even one batch fits, each batch is
+            projected tile by tile as it comes (no buffer).
     """
 
     def __init__(self, model, *, layers: str | Sequence[int] = "last", out_dim: int = 8192, seed: int = 0,
                  mode: str = "dense", normalize: bool = True, scores: Sequence[str] = SCORES,
                  optimizer_state: Any = None, kind: str = "rademacher", tokenizer: Any = None,
                  image_root: str | Path | None = None, max_length: int | None = None,
-                 on_overflow: str = "truncate", backend: str = "auto"):
+                 on_overflow: str = "truncate", backend: str = "auto", project_samples: int = DEFAULT_SAMPLES,
+                 project_memory: int | None = None):
         if mode not in ("dense", "factored"):
             raise ValueError(f"mode is {mode!r}; expected 'dense' or 'factored'")
         unknown = set(scores) - set(SCORES)
@@ -71,6 +80,9 @@ class GradientFeaturizer:
                              "gradient, which the factored sketch never forms: use mode='dense'")
         if on_overflow not in ("truncate", "error"):
             raise ValueError(f"on_overflow is {on_overflow!r}; expected 'truncate' or 'error'")
+        if isinstance(project_samples, bool) or not isinstance(project_samples, int) or project_samples < 1:
+            raise ValueError(f"project_samples is {project_samples!r}; expected a positive int")
+        self.project_samples, self.project_memory = project_samples, project_memory
         self.model, self.out_dim, self.seed, self.mode, self.kind = model, out_dim, seed, mode, kind
         self.normalize, self.scores, self.backend = normalize, tuple(scores), backend
         self.targets = find_lora_targets(model, layers)
@@ -119,6 +131,18 @@ class GradientFeaturizer:
     def featurize_batch(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Features (B, k) float32, scores name -> (B,) float32, valid (B,) bool (samples with a
         response). Invalid samples get zero features and NaN scores."""
+        feats, scores, valid = self._pass(batch, None)
+        return self._finish(feats, valid), scores, valid
+
+    def _finish(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            feats = torch.nn.functional.normalize(feats, dim=1)
+        feats[~valid.to(feats.device)] = 0
+        return feats.cpu()
+
+    def _pass(self, batch: dict, buffer: GradientBuffer | None):
+        """One forward+backward: (unnormalised projections (B, k), or None when the per-sample
+        gradients went to ``buffer``; scores; valid)."""
         model = self.model
         device = next(model.parameters()).device
         ids = batch["input_ids"].to(device)
@@ -141,41 +165,68 @@ class GradientFeaturizer:
                 grads = torch.autograd.grad(loss, outputs, allow_unused=True) if valid.any() else [None] * len(outputs)
             scores = sample_scores(nll.detach(), resp, logp.detach())
             del out, logp
-            feats, sq = self._project(capture, grads, attn.bool())
+            if buffer is None:
+                feats, sq = self._project(capture, grads, attn.bool())
+            else:
+                feats, sq = None, self._to_buffer(capture, grads, attn.bool(), buffer)
             if "ig" in self.scores:
                 scores["ig"] = self._image_grounding(ids, labels, attn, kwargs.get("pixel_values"), scores["ppl"])
         finally:
             model.train(was_training)
         scores["grand"] = sq.sqrt()
-        if self.normalize:
-            feats = torch.nn.functional.normalize(feats, dim=1)
-        feats[~valid] = 0
         scores = {k: torch.where(valid, v.float(), torch.full_like(v.float(), float("nan"))).cpu()
                   for k, v in scores.items() if k in self.scores}
-        return feats.cpu(), scores, valid.cpu()
+        return feats, scores, valid.cpu()
+
+    def _sample_grads(self, capture: Capture, grads, mask: torch.Tensor):
+        """(parameter index, exact per-sample gradient (B, numel) float32, flattened like ``.grad``,
+        Adam-preconditioned when configured) for every featurised parameter."""
+        keep = mask.unsqueeze(-1)
+        zero = torch.zeros((), device=mask.device)
+        for k, ((shape, x, out), g) in enumerate(zip(capture.modules(), grads)):
+            g = torch.zeros_like(out) if g is None else g.detach()
+            # `where`, not a product: NaN in padding stays out
+            w = torch.einsum("bto,bti->boi", torch.where(keep, g.float(), zero), torch.where(keep, x.float(), zero))
+            yield k, w.reshape(w.shape[0], -1)
+
+    def _to_buffer(self, capture: Capture, grads, mask: torch.Tensor, buffer: GradientBuffer) -> torch.Tensor:
+        """Write the batch's per-sample gradients into ``buffer``; returns squared norms (B,)."""
+        b = mask.shape[0]
+        sq = torch.zeros(b, dtype=torch.float64, device=mask.device)
+        for k, w in self._sample_grads(capture, grads, mask):
+            sq += w.double().pow(2).sum(1)
+            if self._adam is not None:
+                w = self._precondition(k, w)
+            buffer.block(b, self.offsets[k], w.shape[1]).copy_(w)
+        bad = ~torch.isfinite(sq)
+        if bad.any():
+            raise ValueError(f"{int(bad.sum())} sample(s) have NaN/Inf gradients (first: {bad.nonzero().flatten()[:5].tolist()})")
+        buffer.commit(b)
+        return sq.float()
+
+    def _precondition(self, k: int, w: torch.Tensor) -> torch.Tensor:
+        m, v, b1, b2, eps = self._adam[k]
+        m_new = b1 * m.float().to(w.device).reshape(1, -1) + (1 - b1) * w
+        v_new = b2 * v.float().to(w.device).reshape(1, -1) + (1 - b2) * w.pow(2)
+        return m_new / (v_new.sqrt() + eps)
 
     def _project(self, capture: Capture, grads, mask: torch.Tensor):
+        """Project each batch on its own (``featurize_batch``, factored mode, or no room for a buffer)."""
         b = mask.shape[0]
         device = mask.device
         acc = torch.zeros(b, self.out_dim, device=device)
         sq = torch.zeros(b, device=device)
+        if self._adam is not None:
+            for k, w in self._sample_grads(capture, grads, mask):
+                sq += w.double().pow(2).sum(1).float()
+                project(self._precondition(k, w), self.out_dim, seed=self.seed, kind=self.kind,
+                        row_offset=self.offsets[k], out=acc, backend=self.backend)
+            return acc, sq
         for k, ((shape, x, out), g) in enumerate(zip(capture.modules(), grads)):
             g = torch.zeros_like(out) if g is None else g.detach()
-            if self._adam is None:
-                _, s = project_linear_grads(x, g, self.out_dim, seed=self.seed, kind=self.kind, row_offset=self.offsets[k],
-                                            mask=mask, out=acc, mode=self.mode, backend=self.backend)
-                sq += s
-                continue
-            keep = mask.unsqueeze(-1)
-            zero = torch.zeros((), device=device)
-            w = torch.einsum("bto,bti->boi", torch.where(keep, g.float(), zero), torch.where(keep, x.float(), zero))
-            sq += w.pow(2).sum((1, 2))
-            m, v, b1, b2, eps = self._adam[k]
-            m_new = b1 * m.float().to(device) + (1 - b1) * w
-            v_new = b2 * v.float().to(device) + (1 - b2) * w.pow(2)
-            update = m_new / (v_new.sqrt() + eps)
-            project(update.reshape(b, -1), self.out_dim, seed=self.seed, kind=self.kind, row_offset=self.offsets[k],
-                    out=acc, backend=self.backend)
+            _, s = project_linear_grads(x, g, self.out_dim, seed=self.seed, kind=self.kind, row_offset=self.offsets[k],
+                                        mask=mask, out=acc, mode=self.mode, backend=self.backend)
+            sq += s
         return acc, sq
 
     @torch.no_grad()
@@ -268,23 +319,46 @@ class GradientFeaturizer:
             else:
                 shards[s] = fs
 
+        buffered: list[tuple[list, torch.Tensor, torch.Tensor]] = []  # (entry, keep, valid) per buffered batch
+        buffer = None
+
+        def flush() -> None:  # project the buffered batches in one launch, in batch order
+            if not buffered:
+                return
+            feats = buffer.project()
+            pos = 0
+            for e, keep, valid in buffered:
+                f = self._finish(feats[pos : pos + len(valid)], valid)
+                e[1].append(f[keep])
+                pos += len(valid)
+            buffered.clear()
+
         current, entry = None, None
         for s, ids, batch, skipped in self._batches(data, batch_size, skip, shard_batches):
             if s != current:
                 if current is not None:
+                    flush()
                     finish(current, entry)
                 current, entry = s, [[], [], {}, []]
             entry[3].extend(skipped)
             if batch is not None:
-                feats, scores, valid = self.featurize_batch(batch)
+                b = batch["input_ids"].shape[0]
+                if buffer is None or buffer.room() < b:
+                    flush()
+                    buffer = buffer if buffer is not None and buffer.capacity >= b else self._buffer(b)
+                feats, scores, valid = self._pass(batch, buffer) if buffer is not None else self.featurize_batch(batch)
                 entry[3].extend((i, "no response tokens") for i, ok in zip(ids, valid.tolist()) if not ok)
                 keep = valid.nonzero().flatten()
                 entry[0].extend(ids[j] for j in keep.tolist())
-                entry[1].append(feats[keep])
+                if buffer is not None:
+                    buffered.append((entry, keep, valid))
+                else:
+                    entry[1].append(feats[keep])
                 for name, v in scores.items():
                     entry[2].setdefault(name, []).append(v[keep])
             bar.update(1)
         if current is not None:
+            flush()
             finish(current, entry)
         bar.close()
         for s in todo:  # shards with no batch at all (empty data)
@@ -306,6 +380,21 @@ class GradientFeaturizer:
                 shards = {s: fs for g in gathered for s, fs in g.items()}
             ordered = [shards[s] for s in range(n_shards)]
         return FeatureSet.concat(ordered, self.meta, self.out_dim)
+
+    def _buffer(self, batch: int) -> GradientBuffer | None:
+        """The gradient buffer for ``extract`` (dense mode), or None to project batch by batch."""
+        if self.mode != "dense":
+            return None
+        device = next(self.model.parameters()).device
+        capacity = default_capacity(self.total_rows, device, max(self.project_samples, batch), self.project_memory)
+        if capacity < batch or self.project_samples <= batch:
+            if self.project_samples > batch:
+                log.info("features: %d samples of %d gradient entries do not fit in the buffer's memory; "
+                         "projecting batch by batch", batch, self.total_rows)
+            return None
+        capacity -= capacity % batch  # whole batches
+        return GradientBuffer(self.total_rows, capacity, self.out_dim, seed=self.seed, kind=self.kind,
+                              backend=self.backend, device=device)
 
     def _shard(self, entry) -> FeatureSet:
         ids, feats, scores, skipped = entry

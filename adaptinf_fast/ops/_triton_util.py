@@ -28,6 +28,19 @@ def sm_count(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def capability(device: torch.device) -> tuple[int, int]:
+    """Compute capability the launch targets: tiles are chosen per architecture (the interpreter
+    and other devices get the sm_90 choice)."""
+    if device.type != "cuda":
+        return (9, 0)
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def interpreting() -> bool:
     return triton_interpreting()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any, Sequence
 
 import torch
@@ -26,8 +25,8 @@ def _normalized(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.to(torch.float32), dim=1)
 
 
-def cluster_max_similarity(x: Any, labels: Any, *, order: Any = None, nonfinite: str = "raise", backend: str = "auto",
-                           progress: bool = False):
+def cluster_max_similarity(x: Any, labels: Any, *, order: Any = None, exact: bool = True, nonfinite: str = "raise",
+                           backend: str = "auto", progress: bool = False):
     """For every sample j, the largest cosine similarity M_j to a sample of its cluster that comes
     earlier in ``order``, and that sample's index.
 
@@ -35,6 +34,10 @@ def cluster_max_similarity(x: Any, labels: Any, *, order: Any = None, nonfinite:
         x: (N, D) float32/float16/bfloat16; rows are L2-normalised in float32 arithmetic.
         labels: (N,) integer cluster ids >= 0 (any values, need not be contiguous).
         order: a permutation of 0..N-1 (default: index order).
+        exact: results equal float32 arithmetic on the normalised rows. The Triton kernel screens
+            in fp16 on tensor cores and recomputes in float32 the rows whose best and second-best
+            candidates are within the screening bound, then every M_j from its winner (see
+            ``ops/screen.py``). ``exact=False`` returns the screened values (about 1e-3 off).
         nonfinite: ``"raise"`` on NaN/Inf rows, or ``"zero"`` them with a warning.
         backend: ``"auto" | "torch" | "triton" | "cuda"``.
         progress: show a progress bar over clusters.
@@ -46,8 +49,9 @@ def cluster_max_similarity(x: Any, labels: Any, *, order: Any = None, nonfinite:
     x, labels, order = _inputs(x, labels, order, nonfinite)
     if x.shape[0] == 0:
         return torch.empty(0, dtype=torch.float32, device=x.device), torch.empty(0, dtype=torch.int64, device=x.device)
-    _, impl = resolve("cluster_max_similarity", backend, x.device)
-    return impl.max_similarity(_normalized(x), labels, order, progress=progress)
+    name, impl = resolve("cluster_max_similarity", backend, x.device)
+    kw = {"exact": exact} if name == "triton" else {}
+    return impl.max_similarity(_normalized(x), labels, order, progress=progress, **kw)
 
 
 def _inputs(x: Any, labels: Any, order: Any, nonfinite: str):
@@ -124,11 +128,8 @@ def semdedup(
         order: ``"hard" | "easy" | "random" | "index"`` (see ``semdedup_order``) or a permutation.
         centroids: optional (L, D) centroids indexed by label value, for "hard"/"easy".
         seed: seed of ``order="random"``.
-        exact: decisions equal those of float32 arithmetic on the same input values. fp16/bf16
-            input on a kernel backend is screened in its own precision (tensor-core rate); with
-            ``exact`` the rows whose screened M_j lies within the rounding band of some 1 - eps are
-            recomputed in float32. Without it, screened values decide. The torch backend and
-            float32 input always compute in float32.
+        exact: decisions equal those of float32 arithmetic on the same input values (see
+            ``cluster_max_similarity``); without it the Triton kernel's fp16-screened values decide.
         nonfinite, backend: as in ``cluster_max_similarity``.
 
     Returns:
@@ -138,63 +139,9 @@ def semdedup(
     x = _validate.float_matrix(x, "x")
     if isinstance(order, str):
         order = semdedup_order(x, labels, order, centroids=centroids, seed=seed)
-    name, impl = resolve("cluster_max_similarity", backend, x.device)
-    if x.dtype in _ROUNDOFF and name != "torch":
-        m = _screened_max_similarity(x, labels, order, eps_list, exact, nonfinite, impl)
-    else:
-        m, _ = cluster_max_similarity(x, labels, order=order, nonfinite=nonfinite, backend=backend)
+    m, _ = cluster_max_similarity(x, labels, order=order, exact=exact, nonfinite=nonfinite, backend=backend)
     keep = torch.stack([~(m > 1.0 - e) for e in eps_list])
     return keep if isinstance(eps, (list, tuple)) else keep[0]
-
-
-# Unit roundoff of the screening dtypes. Rounding unit rows to it moves a dot product by at most
-# 2u + u² (Cauchy–Schwarz); fp32 accumulation over D terms adds at most D·2⁻²⁴.
-_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
-
-
-def screening_band(dtype: torch.dtype, d: int) -> float:
-    """Largest |screened M_j − fp32 M_j| for unit rows of dimension d rounded to ``dtype``, doubled."""
-    u = _ROUNDOFF[dtype]
-    return 2.0 * (2.0 * u + u * u + d * 2.0**-24)
-
-
-def _screened_max_similarity(x: torch.Tensor, labels: Any, order: Any, eps_list: list[float], exact: bool,
-                             nonfinite: str, impl: ModuleType) -> torch.Tensor:
-    """M for ``semdedup`` from a fp16/bf16 kernel pass, rows near a threshold recomputed in fp32."""
-    x, labels, order = _inputs(x, labels, order, nonfinite)
-    n = x.shape[0]
-    if n == 0:
-        return torch.empty(0, dtype=torch.float32, device=x.device)
-    xn = _normalized(x)
-    m, _ = impl.max_similarity(xn.to(x.dtype), labels, order)
-    if exact:
-        band = screening_band(x.dtype, x.shape[1])
-        near = torch.zeros(n, dtype=torch.bool, device=x.device)
-        for e in eps_list:
-            near |= (m - (1.0 - e)).abs() <= band
-        rows = near.nonzero().flatten()
-        if rows.numel():
-            m[rows] = _exact_rows(xn, labels, order, rows)
-    return m
-
-
-def _exact_rows(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, rows: torch.Tensor,
-                chunk: int = 256) -> torch.Tensor:
-    """fp32 M_j for the given rows: max similarity to an earlier (in ``order``) row of the same cluster."""
-    pos = torch.empty_like(order)
-    pos[order] = torch.arange(order.numel(), device=order.device)
-    out = torch.full((rows.numel(),), float("-inf"), dtype=torch.float32, device=xn.device)
-    row_labels = labels[rows]
-    for c in row_labels.unique():
-        members = (labels == c).nonzero().flatten()
-        where = (row_labels == c).nonzero().flatten()
-        for w0 in range(0, where.numel(), chunk):
-            w = where[w0 : w0 + chunk]
-            r = rows[w]
-            sims = xn[r] @ xn[members].T
-            sims.masked_fill_(pos[members][None, :] >= pos[r][:, None], float("-inf"))
-            out[w] = sims.max(dim=1).values
-    return out
 
 
 def prune_to_budget(max_sim: Any, labels: Any, budget: Any, *, order: Any = None) -> torch.Tensor:

@@ -76,6 +76,30 @@ def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, 
     return to_original_order(perm, best, arg)
 
 
+def exact_rows(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, rows: torch.Tensor,
+               chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 (M_j, argmax) for the given rows (original indices), as ``max_similarity`` defines
+    them: max over earlier (in ``order``) rows of the same cluster, ties to the earliest."""
+    pos = torch.empty_like(order)
+    pos[order] = torch.arange(order.numel(), device=order.device)
+    best = torch.full((rows.numel(),), float("-inf"), dtype=torch.float32, device=xn.device)
+    arg = torch.full((rows.numel(),), -1, dtype=torch.int64, device=xn.device)
+    row_labels = labels[rows]
+    for c in row_labels.unique():
+        members = (labels == c).nonzero().flatten()
+        members = members[torch.argsort(pos[members])]  # max() keeps the first of equal values
+        where = (row_labels == c).nonzero().flatten()
+        for w0 in range(0, where.numel(), chunk):
+            w = where[w0 : w0 + chunk]
+            r = rows[w]
+            sims = xn[r] @ xn[members].T
+            sims.masked_fill_(pos[members][None, :] >= pos[r][:, None], float("-inf"))
+            m, i = sims.max(dim=1)
+            best[w] = m
+            arg[w] = torch.where(m > float("-inf"), members[i], torch.full_like(i, -1))
+    return best, arg
+
+
 def to_original_order(perm: torch.Tensor, best: torch.Tensor, arg: torch.Tensor):
     """Results computed in cluster-major order (positions in ``perm``) back to original indices."""
     m_out = torch.empty_like(best)

@@ -1,11 +1,16 @@
 """Triton kernel for the within-cluster max similarity (DESIGN §4.3), over each cluster's triangle.
 
-Rows are gathered cluster-major (``order`` kept inside each cluster). Every row knows the start of
-its cluster, so a row tile may hold several small clusters (packed) or part of a big one. A program
-takes one row tile and walks column tiles from the smallest cluster start among its rows up to its
-own last row — never past the diagonal — masking each score to "same cluster and earlier"
-(cluster_start[row] <= col < row); the running max and argmax stay in registers. Tiles are launched
-longest walk first. Memory: the gathered copy of X plus O(N).
+Rows are gathered cluster-major (``order`` kept inside each cluster) in fp16 (unit rows: no
+overflow, 11-bit significands). Every row knows the start of its cluster, so a row tile may hold
+several small clusters (packed) or part of a big one. A program takes one row tile and walks column
+tiles from the smallest cluster start among its rows up to its own last row — never past the
+diagonal — masking each score to "same cluster and earlier" (cluster_start[row] <= col < row); the
+running best, its index and the second best stay in registers. Tiles are launched longest walk
+first. Memory: the gathered fp16 copy of X plus O(N).
+
+With ``exact`` (default) the screened results are made float32-exact as ``ops/screen.py`` explains:
+rows whose best and second best are within twice the screening bound are recomputed in float32,
+and every M_j is recomputed in float32 from its winner.
 """
 
 from __future__ import annotations
@@ -15,13 +20,13 @@ import triton
 import triton.language as tl
 
 from .. import _triton_util as tu
-from .reference import cluster_tiles, to_original_order
+from .. import screen
+from .reference import cluster_tiles, exact_rows, to_original_order
 
 
 @triton.jit
-def _max_sim_kernel(x_ptr, cstart_ptr, tiles_ptr, best_ptr, arg_ptr, N, D, stride_n, stride_d,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
+def _max_sim_kernel(x_ptr, cstart_ptr, tiles_ptr, best_ptr, arg_ptr, second_ptr, N, D, stride_n,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRET: tl.constexpr):
     r0 = tl.load(tiles_ptr + tl.program_id(0))
     rows = r0 + tl.arange(0, BLOCK_M).to(tl.int64)
     row_ok = rows < N
@@ -29,6 +34,7 @@ def _max_sim_kernel(x_ptr, cstart_ptr, tiles_ptr, best_ptr, arg_ptr, N, D, strid
     col_lo = (tl.min(cs, axis=0) // BLOCK_N) * BLOCK_N
     col_hi = tl.minimum(r0 + BLOCK_M, N)
     best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    second = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     arg = tl.full((BLOCK_M,), -1, tl.int64)
     x_rows = x_ptr + rows[:, None] * stride_n
     for c0 in range(col_lo, col_hi, BLOCK_N):
@@ -37,35 +43,65 @@ def _max_sim_kernel(x_ptr, cstart_ptr, tiles_ptr, best_ptr, arg_ptr, N, D, strid
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + tl.arange(0, BLOCK_D)
             d_ok = dd < D
-            xr = tl.load(x_rows + dd[None, :] * stride_d, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            xc = tl.load(x_ptr + cols[None, :] * stride_n + dd[:, None] * stride_d,
-                         mask=d_ok[:, None] & (cols < N)[None, :], other=0.0)
-            acc = tu.dot(xr, xc, acc, DOT_DTYPE, PRECISION, INTERPRET)
+            xr = tl.load(x_rows + dd[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            xc = tl.load(x_ptr + cols[None, :] * stride_n + dd[:, None], mask=d_ok[:, None] & (cols < N)[None, :],
+                         other=0.0)
+            acc = tu.dot(xr, xc, acc, xr.dtype, "ieee", INTERPRET)
         valid = (cols[None, :] >= cs[:, None]) & (cols[None, :] < rows[:, None])
         s = tl.where(valid, acc, float("-inf"))
         tile_best = tl.max(s, axis=1)
-        tile_arg = tl.argmax(s, axis=1, tie_break_left=True).to(tl.int64) + c0
+        tile_arg = tl.argmax(s, axis=1, tie_break_left=True)
+        tile_second = tl.max(tl.where(tl.arange(0, BLOCK_N)[None, :] == tile_arg[:, None], float("-inf"), s), axis=1)
         better = tile_best > best
-        best = tl.where(better, tile_best, best)
-        arg = tl.where(better, tile_arg, arg)
+        second = tl.maximum(tl.maximum(second, tile_second), tl.minimum(best, tile_best))
+        arg = tl.where(better, tile_arg.to(tl.int64) + c0, arg)
+        best = tl.maximum(best, tile_best)
     tl.store(best_ptr + rows, best, mask=row_ok)
-    tl.store(arg_ptr + rows, arg, mask=row_ok)
+    tl.store(arg_ptr + rows, tl.where(best > float("-inf"), arg, -1), mask=row_ok)
+    tl.store(second_ptr + rows, second, mask=row_ok)
 
 
-def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, progress: bool = False):
-    """Same contract as ``reference.max_similarity`` (``progress`` is accepted; one launch)."""
-    n, d = xn.shape
-    bm = 64 if n >= 64 else max(16, triton.next_power_of_2(n))
-    bn, bd = 64, 64 if d >= 64 else max(16, triton.next_power_of_2(d))
-    perm, xs, cstart, tiles = cluster_tiles(xn, labels, order, bm)
+def _tiles(n: int, d: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_D, warps): 128×128 score tiles on two warpgroups, smaller when small."""
+    bm = 128 if n >= 128 else max(16, triton.next_power_of_2(n))
+    bd = 64 if d >= 64 else max(16, triton.next_power_of_2(d))
+    return bm, bm, bd, 8 if bm == 128 else 4
+
+
+def screened(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor):
+    """One launch on the fp16 rows: (perm, best, arg, second) in cluster-major positions."""
+    n = xn.shape[0]
+    d = screen.padded_width(xn.shape[1])
+    bm, bn, bd, warps = _tiles(n, d)
+    perm, xs, cstart, tiles = cluster_tiles(screen.low_copy(xn, screen.screen_dtype(True)), labels, order, bm)
     best = torch.empty(n, dtype=torch.float32, device=xn.device)
     arg = torch.empty(n, dtype=torch.int64, device=xn.device)
-    if xs.dtype in (torch.float16, torch.bfloat16):
-        dot_dtype, precision = tu.tl_dtype(xs.dtype), "ieee"
-    else:
-        xs = xs.float()
-        dot_dtype, precision = tl.float32, ("tf32x3" if xs.is_cuda else "ieee")
-    _max_sim_kernel[(len(tiles),)](xs, cstart, tiles, best, arg, n, d, xs.stride(0), xs.stride(1),
-                                   BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, DOT_DTYPE=dot_dtype, PRECISION=precision,
-                                   INTERPRET=tu.interpreting(), num_warps=4)
-    return to_original_order(perm, best, arg)
+    second = torch.empty(n, dtype=torch.float32, device=xn.device)
+    _max_sim_kernel[(len(tiles),)](xs, cstart, tiles, best, arg, second, n, d, xs.stride(0),
+                                   BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, INTERPRET=tu.interpreting(),
+                                   num_warps=warps, num_stages=3)
+    return perm, best, arg, second
+
+
+def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, progress: bool = False,
+                   exact: bool = True):
+    """Same contract as ``reference.max_similarity`` (``progress`` is accepted; one launch).
+    ``exact=False`` returns the fp16-screened values and winners."""
+    n, d = xn.shape
+    perm, best, arg, second = screened(xn, labels, order)
+    m, idx = to_original_order(perm, best, arg)
+    if not exact:
+        return m, idx
+    second_orig = torch.empty_like(second)
+    second_orig[perm] = second
+    _, err, norm = screen.rounding_error(xn, screen.screen_dtype(True))
+    bound = screen.dot_bound(err, norm, float(err.max()), float(norm.max()), d)
+    redo = (screen.undecided(m - second_orig, bound) & (idx >= 0)).nonzero().flatten()
+    if redo.numel():
+        m[redo], idx[redo] = exact_rows(xn, labels, order, redo)
+    has = idx >= 0
+    for r0 in range(0, n, screen.ROWS_PER_CHUNK):  # M_j in float32 from its winner
+        sl = slice(r0, r0 + screen.ROWS_PER_CHUNK)
+        rows = has[sl].nonzero().flatten() + r0
+        m[rows] = (xn[rows] * xn[idx[rows]]).sum(1)
+    return m, idx

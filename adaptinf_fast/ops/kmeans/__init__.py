@@ -58,6 +58,18 @@ def kmeans_assign(x: Any, centroids: Any, *, metric: str = "l2", nonfinite: str 
     return impl.assign(_prepare(x, metric), _prepare(c, metric), metric)
 
 
+def _chunk_assign(impl, data: Data, metric: str):
+    """Lloyd's assign for one backend: norms (and a kernel's screened copy of the rows) are kept
+    per chunk across iterations."""
+    screened = getattr(impl, "screened_rows", None)
+
+    def assign(start: int, xc: torch.Tensor, centers: torch.Tensor, values: bool):
+        kw = {"rows": data.kept("screen", start, lambda: screened(xc, metric))} if screened else {}
+        return impl.assign(xc, centers, metric, x_sqnorm=data.sqnorms(start, xc), values=values, **kw)
+
+    return assign
+
+
 def _check_finite_chunked(x: torch.Tensor, name: str, rows: int = 1 << 18) -> None:
     """Raise on NaN/Inf rows without converting the whole (possibly memory-mapped) array at once."""
     bad, first = 0, []
@@ -181,9 +193,8 @@ class KMeans:
         runs = self.n_init if isinstance(self.init, str) else 1
         for _ in range(runs):
             centers = self._initial_centers(data, comm, generator)
-            result = run_lloyd(data, centers, lambda a, c, xsq: impl.assign(a, c, self.metric, x_sqnorm=xsq),
-                               metric=self.metric,
-                           max_iter=self.max_iter, tol=tol, comm=comm, progress=self.progress)
+            result = run_lloyd(data, centers, _chunk_assign(impl, data, self.metric), metric=self.metric,
+                               max_iter=self.max_iter, tol=tol, comm=comm, progress=self.progress)
             if best is None or result.inertia < best.inertia:
                 best = result
         assert best is not None

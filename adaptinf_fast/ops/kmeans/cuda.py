@@ -14,7 +14,7 @@ from .reference import kernel_norms
 
 
 def assign(x: torch.Tensor, centroids: torch.Tensor, metric: str, c_sqnorm: torch.Tensor | None = None,
-           x_sqnorm: torch.Tensor | None = None):
+           x_sqnorm: torch.Tensor | None = None, values: bool = True):
     """Same contract as ``reference.assign``: (labels int64, squared distance or cosine float32)."""
     n, d = x.shape
     k = centroids.shape[0]

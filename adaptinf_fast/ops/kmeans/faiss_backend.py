@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 
-def assign(x: torch.Tensor, centroids: torch.Tensor, metric: str, x_sqnorm: torch.Tensor | None = None):
+def assign(x: torch.Tensor, centroids: torch.Tensor, metric: str, x_sqnorm: torch.Tensor | None = None,
+           values: bool = True):
     import faiss
 
     xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)

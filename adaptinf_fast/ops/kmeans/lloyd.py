@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-# assign(x_chunk, centroids, x_sqnorm or None) -> (labels, values)
-Assign = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], "tuple[torch.Tensor, torch.Tensor]"]
+# assign(chunk start, x_chunk, centroids, values wanted) -> (labels, values or None)
+Assign = Callable[[int, torch.Tensor, torch.Tensor, bool], "tuple[torch.Tensor, torch.Tensor | None]"]
 CHUNK_BYTES = 256 << 20  # float32 bytes of one prepared chunk
 
 
@@ -64,6 +64,7 @@ class Data:
         self.chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (4 * max(self.d, 1)))
         self.stream = self.x.device != device and device.type == "cuda"
         self._sqnorms: dict[int, torch.Tensor] = {}  # row norms are fixed: computed once per chunk
+        self._kept: dict[tuple[str, int], object] = {}
 
     def sqnorms(self, start: int, xc: torch.Tensor) -> torch.Tensor | None:
         if self.metric == "cosine":
@@ -71,6 +72,16 @@ class Data:
         if start not in self._sqnorms:
             self._sqnorms[start] = torch.linalg.vector_norm(xc, dim=1).square_()
         return self._sqnorms[start]
+
+    def kept(self, name: str, start: int, make: Callable[[], object]) -> object:
+        """``make()`` for the chunk at ``start``, kept across iterations when the data lives on the
+        compute device (streamed chunks are not kept: memory stays O(chunk))."""
+        if self.stream:
+            return make()
+        key = (name, start)
+        if key not in self._kept:
+            self._kept[key] = make()
+        return self._kept[key]
 
     def prepare(self, rows: torch.Tensor) -> torch.Tensor:
         if self.stream:
@@ -144,9 +155,25 @@ def _reseed_empty(data, comm, sums, counts, labels, dist) -> None:
         counts[e] = 1
 
 
+def distances(data: Data, centers: torch.Tensor, assign: Assign, metric: str, labels: torch.Tensor,
+              dist: torch.Tensor) -> float:
+    """Assign every row with its value: fills ``labels`` and ``dist`` (squared distances); returns
+    their local sum in float64."""
+    total = torch.zeros((), dtype=torch.float64, device=data.device)
+    for start, xc in data.chunks():
+        lab, val = assign(start, xc, centers, True)
+        labels[start : start + len(lab)] = lab
+        dist[start : start + len(lab)] = sq_distance_from(val, metric)
+        total += dist[start : start + len(lab)].double().sum()
+    return float(total)
+
+
 def lloyd(data: Data, centers: torch.Tensor, assign: Assign, *, metric: str, max_iter: int, tol: float,
           comm: Comm, progress: bool = False) -> LloydResult:
-    """Iterate assign/update until no label changes on any rank or the squared centre shift is <= tol."""
+    """Iterate assign/update until no label changes on any rank or the squared centre shift is <= tol.
+
+    Iterations need labels only; distances are computed when an empty cluster must be re-seeded and
+    once at the end (inertia)."""
     k = centers.shape[0]
     labels = torch.full((data.n,), -1, dtype=torch.int64, device=data.device)
     dist = torch.zeros(data.n, dtype=torch.float32, device=data.device)
@@ -157,10 +184,9 @@ def lloyd(data: Data, centers: torch.Tensor, assign: Assign, *, metric: str, max
         counts = torch.zeros(k, dtype=torch.int64, device=data.device)
         changed = torch.zeros(1, dtype=torch.int64, device=data.device)
         for start, xc in data.chunks():
-            lab, val = assign(xc, centers, data.sqnorms(start, xc))
+            lab, _ = assign(start, xc, centers, False)
             changed += (labels[start : start + len(lab)] != lab).sum()
             labels[start : start + len(lab)] = lab
-            dist[start : start + len(lab)] = sq_distance_from(val, metric)
             # float32 sums per chunk (no float64 copy of X each iteration), accumulated in float64
             sums += torch.zeros(k, data.d, dtype=torch.float32, device=data.device).index_add_(0, lab, xc).double()
             counts += torch.bincount(lab, minlength=k)
@@ -168,6 +194,7 @@ def lloyd(data: Data, centers: torch.Tensor, assign: Assign, *, metric: str, max
         comm.sum_(counts)
         comm.sum_(changed)
         if (counts == 0).any():
+            distances(data, centers, assign, metric, labels, dist)  # same labels, now with distances
             _reseed_empty(data, comm, sums, counts, labels, dist)
         new = (sums / counts.clamp_min(1).unsqueeze(1)).float()
         if metric == "cosine":
@@ -180,10 +207,7 @@ def lloyd(data: Data, centers: torch.Tensor, assign: Assign, *, metric: str, max
         if shift <= tol:
             break
     bar.close()
-    inertia = torch.zeros(1, dtype=torch.float64, device=data.device)
-    for start, xc in data.chunks():  # labels consistent with the final centres
-        lab, val = assign(xc, centers, data.sqnorms(start, xc))
-        labels[start : start + len(lab)] = lab
-        inertia += sq_distance_from(val, metric).double().sum()
+    inertia = torch.tensor([distances(data, centers, assign, metric, labels, dist)], dtype=torch.float64,
+                           device=data.device)  # labels consistent with the final centres
     comm.sum_(inertia)
     return LloydResult(centers, labels, float(inertia), n_iter)

@@ -13,7 +13,7 @@ def _rows_per_chunk(k: int) -> int:
 
 
 def assign(x: torch.Tensor, centroids: torch.Tensor, metric: str, c_sqnorm: torch.Tensor | None = None,
-           x_sqnorm: torch.Tensor | None = None):
+           x_sqnorm: torch.Tensor | None = None, values: bool = True):
     """Nearest centroid per row of float32 ``x`` (N, D) among float32 ``centroids`` (K, D).
 
     For ``"l2"`` returns (labels int64, squared L2 distance float32), computed as

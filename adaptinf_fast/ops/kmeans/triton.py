@@ -1,33 +1,43 @@
-"""Triton fused k-means assignment (DESIGN §4.2): distances and argmin in one kernel.
+"""Triton fused k-means assignment (DESIGN §4.2): 16-bit screening, float32 decisions.
 
-A program owns BLOCK_M rows; it walks the centroids in BLOCK_K tiles, accumulating x·cᵀ over D
-in BLOCK_D chunks with ``tl.dot`` (fp32 accumulation), turns the tile into ‖c‖² − 2x·c (L2) or
-−x·c (cosine, unit rows), and keeps a running (best, index) in registers: the N×K matrix is never
-written. Ties go to the lowest centroid index (``tl.argmin`` breaks ties left; a later tile
-replaces the running best only when strictly better).
+A program owns BLOCK_M rows; it walks the centroids in BLOCK_K tiles, accumulating x·cᵀ over D in
+BLOCK_D chunks on tensor cores (rows and centroids rounded to fp16/bf16, fp32 accumulation), turns
+the tile into the score ‖c‖² − 2x·c (L2) or −x·c (cosine) and keeps the running best, its index and
+the second best in registers: the N×K matrix is never written. Ties go to the lowest centroid index
+(``tl.argmin`` breaks ties left; a later tile replaces the running best only when strictly better).
+
+``ops/screen.py`` bounds how far each screened score can be from the float32 one; rows whose gap
+between best and second best is within twice that bound are recomputed in float32 by the reference,
+and the winners' values are recomputed in float32, so labels equal float32 arithmetic and values are
+float32-accurate.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from .. import _triton_util as tu
+from .. import screen
+from . import reference
 from .reference import kernel_norms
 
 
 @triton.jit
-def _assign_kernel(x_ptr, c_ptr, cn_ptr, xn_ptr, lab_ptr, val_ptr, N, K, D,
-                   stride_xn, stride_xd, stride_ck, stride_cd,
+def _assign_kernel(x_ptr, c_ptr, cn_ptr, lab_ptr, best_ptr, second_ptr, N, K, D,
+                   stride_xn, stride_ck,
                    COSINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                   DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.constexpr):
+                   INTERPRET: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < N
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xn
     best = tl.full((BLOCK_M,), float("inf"), tl.float32)
-    best_idx = tl.zeros((BLOCK_M,), tl.int64)
+    second = tl.full((BLOCK_M,), float("inf"), tl.float32)
+    best_idx = tl.zeros((BLOCK_M,), tl.int32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         col_ok = cols < K
@@ -36,9 +46,9 @@ def _assign_kernel(x_ptr, c_ptr, cn_ptr, xn_ptr, lab_ptr, val_ptr, N, K, D,
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + tl.arange(0, BLOCK_D)
             d_ok = dd < D
-            xt = tl.load(x_rows + dd[None, :] * stride_xd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            ct = tl.load(c_rows + dd[:, None] * stride_cd, mask=d_ok[:, None] & col_ok[None, :], other=0.0)
-            acc = tu.dot(xt, ct, acc, DOT_DTYPE, PRECISION, INTERPRET)
+            xt = tl.load(x_rows + dd[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            ct = tl.load(c_rows + dd[:, None], mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+            acc = tu.dot(xt, ct, acc, xt.dtype, "ieee", INTERPRET)
         if COSINE:
             score = -acc
         else:
@@ -46,46 +56,105 @@ def _assign_kernel(x_ptr, c_ptr, cn_ptr, xn_ptr, lab_ptr, val_ptr, N, K, D,
             score = cn[None, :] - 2.0 * acc
         score = tl.where(col_ok[None, :], score, float("inf"))
         tile_best = tl.min(score, axis=1)
-        tile_arg = tl.argmin(score, axis=1, tie_break_left=True).to(tl.int64) + k0
+        tile_arg = tl.argmin(score, axis=1, tie_break_left=True)
+        tile_second = tl.min(tl.where(tl.arange(0, BLOCK_K)[None, :] == tile_arg[:, None], float("inf"), score), axis=1)
         better = tile_best < best
-        best = tl.where(better, tile_best, best)
-        best_idx = tl.where(better, tile_arg, best_idx)
-    if COSINE:
-        value = -best
-    else:
-        xn = tl.load(xn_ptr + rows, mask=row_ok, other=0.0)
-        value = tl.maximum(best + xn, 0.0)
+        second = tl.minimum(tl.minimum(second, tile_second), tl.maximum(best, tile_best))
+        best_idx = tl.where(better, tile_arg + k0, best_idx)
+        best = tl.minimum(best, tile_best)
     tl.store(lab_ptr + rows, best_idx, mask=row_ok)
-    tl.store(val_ptr + rows, value, mask=row_ok)
+    tl.store(best_ptr + rows, best, mask=row_ok)
+    tl.store(second_ptr + rows, second, mask=row_ok)
 
 
-def _config(n: int, k: int, d: int):
-    block_m = 64 if n >= 64 else max(16, triton.next_power_of_2(n))
-    block_k = 64 if k >= 64 else max(16, triton.next_power_of_2(k))
-    block_d = 64 if d >= 64 else max(16, triton.next_power_of_2(d))
-    return block_m, block_k, block_d
+@dataclass(frozen=True)
+class Config:
+    block_m: int
+    block_k: int
+    block_d: int
+    num_warps: int
+    num_stages: int
+
+
+def _config(n: int, k: int, d: int, device: torch.device) -> Config:
+    """128×128 score tiles on two warpgroups (sm_90 SASS in ``bench/static_check.py``), smaller for
+    small inputs; D in 64-wide steps, pipelined three deep."""
+    pow2 = lambda v, cap: min(cap, max(16, triton.next_power_of_2(v)))  # noqa: E731
+    block_m, block_k = pow2(n, 128), pow2(k, 128)
+    warps = 8 if block_m * block_k >= 128 * 128 else 4
+    return Config(block_m, block_k, pow2(d, 64), warps, 3)
+
+
+@dataclass
+class ScreenedRows:
+    """x rounded to the screening dtype with its per-row rounding error and norm (reusable across
+    assignments of the same rows, e.g. Lloyd iterations)."""
+
+    low: torch.Tensor
+    err: torch.Tensor
+    norm: torch.Tensor
+
+
+def screened_rows(x: torch.Tensor, metric: str) -> ScreenedRows:
+    low, err, norm = screen.rounding_error(x, screen.screen_dtype(metric == "cosine"))
+    return ScreenedRows(low, err, norm)
+
+
+def screened_assign(rows: ScreenedRows, centroids: torch.Tensor, metric: str, cn: torch.Tensor):
+    """One kernel launch: (labels int64, best score, second-best score), screened."""
+    x = rows.low  # (N, padded width): zero columns add nothing to the dot products
+    n, d = x.shape
+    k = centroids.shape[0]
+    labels = torch.empty(n, dtype=torch.int32, device=x.device)
+    best = torch.empty(n, dtype=torch.float32, device=x.device)
+    second = torch.empty(n, dtype=torch.float32, device=x.device)
+    c = screen.low_copy(centroids, x.dtype)
+    cfg = _config(n, k, d, x.device)
+    _assign_kernel[(triton.cdiv(n, cfg.block_m),)](
+        x, c, cn, labels, best, second, n, k, d, x.stride(0), c.stride(0),
+        COSINE=metric == "cosine", BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d,
+        INTERPRET=tu.interpreting(), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return labels.long(), best, second
 
 
 def assign(x: torch.Tensor, centroids: torch.Tensor, metric: str, c_sqnorm: torch.Tensor | None = None,
-           x_sqnorm: torch.Tensor | None = None):
-    """Same contract as ``reference.assign``: (labels int64, squared distance or cosine float32)."""
+           x_sqnorm: torch.Tensor | None = None, values: bool = True, rows: ScreenedRows | None = None):
+    """Same contract as ``reference.assign``: (labels int64, squared distance or cosine float32);
+    with ``values=False`` the second item is None (Lloyd iterations need only labels). ``rows``:
+    ``screened_rows(x, metric)`` computed earlier for the same x."""
     n, d = x.shape
     k = centroids.shape[0]
-    labels = torch.empty(n, dtype=torch.int64, device=x.device)
-    values = torch.empty(n, dtype=torch.float32, device=x.device)
     if n == 0:
-        return labels, values
-    c = centroids.to(x.dtype)
+        return torch.empty(0, dtype=torch.int64, device=x.device), torch.empty(0, dtype=torch.float32, device=x.device)
+    rows = rows if rows is not None else screened_rows(x, metric)
     cn, xn = kernel_norms(x, centroids, metric, c_sqnorm, x_sqnorm)
-    if x.dtype in (torch.float16, torch.bfloat16):
-        dot_dtype, precision = tu.tl_dtype(x.dtype), "ieee"
-    else:
-        x, c = x.float(), c.float()
-        dot_dtype, precision = tl.float32, ("tf32x3" if x.is_cuda else "ieee")
-    bm, bk, bd = _config(n, k, d)
-    _assign_kernel[(triton.cdiv(n, bm),)](
-        x, c, cn, xn, labels, values, n, k, d, x.stride(0), x.stride(1), c.stride(0), c.stride(1),
-        COSINE=metric == "cosine", BLOCK_M=bm, BLOCK_K=bk, BLOCK_D=bd, DOT_DTYPE=dot_dtype,
-        PRECISION=precision, INTERPRET=tu.interpreting(), num_warps=4,
-    )
-    return labels, values
+    labels, best, second = screened_assign(rows, centroids, metric, cn)
+    ec = float(torch.linalg.vector_norm(centroids.float() - centroids.to(rows.low.dtype).float(), dim=1).max())
+    nc = float(cn.max().sqrt())
+    bound = screen.dot_bound(rows.err, rows.norm, ec, nc, d)
+    if metric == "l2":  # score = ‖c‖² − 2x·c, rounded once more in each arithmetic
+        bound = 2.0 * bound + 2.0**-23 * (nc * nc + 2.0 * rows.norm * nc)
+    redo = screen.undecided(second - best, bound).nonzero().flatten()
+    if redo.numel():
+        lab_r, _ = reference.assign(x[redo], centroids, metric, c_sqnorm=cn,
+                                    x_sqnorm=xn[redo] if metric == "l2" else None)
+        labels[redo] = lab_r
+    if not values:
+        return labels, None
+    return labels, winner_values(x, centroids, labels, metric, cn, xn)
+
+
+def winner_values(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, metric: str, cn: torch.Tensor,
+                  xn: torch.Tensor) -> torch.Tensor:
+    """float32 value of each row's assigned centroid, as ``reference.assign`` reports it."""
+    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    for r0 in range(0, x.shape[0], screen.ROWS_PER_CHUNK):
+        xc = x[r0 : r0 + screen.ROWS_PER_CHUNK].float()
+        lab = labels[r0 : r0 + screen.ROWS_PER_CHUNK]
+        dots = (xc * centroids[lab].float()).sum(1)
+        if metric == "cosine":
+            out[r0 : r0 + screen.ROWS_PER_CHUNK] = dots
+        else:
+            out[r0 : r0 + screen.ROWS_PER_CHUNK] = (cn[lab] - 2.0 * dots + xn[r0 : r0 + screen.ROWS_PER_CHUNK]).clamp_min_(0.0)
+    return out

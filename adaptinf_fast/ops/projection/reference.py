@@ -20,7 +20,9 @@ lives in block ``c >> 2`` and pair ``(c >> 1) & 1``. A word w maps to the open u
 ``u(w) = (2 * (w >> 9) + 1) * 2**-24`` (exact in float32, never 0); with u1 = u(first word) and
 u2 = u(second word), ``r = sqrt(-2 ln u1)``, ``theta = 2 pi u2``, and the even column of the pair is
 ``r cos(theta)``, the odd one ``r sin(theta)``. The bits are identical on every backend; the
-Gaussian values agree to a few float32 ulp (the transcendental functions round differently).
+Gaussian values agree to a few float32 ulp (the transcendental functions round differently) where
+a kernel computes them for float32 inputs; for fp16/bf16 inputs the Triton kernel uses the GPU's
+fast log/sin/cos (absolute error ~1e-6) before rounding R to the input type.
 
 ``project`` returns ``x @ R[row_offset : row_offset + P] / sqrt(out_dim)``. The kernels in
 ``kernels/philox.cuh`` and ``triton.py`` implement exactly this mapping.

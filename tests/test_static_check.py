@@ -1,0 +1,85 @@
+"""The static performance check's SASS analysis on hand-written SASS (what it counts, and how)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.static import sass  # noqa: E402
+
+
+def listing(lines: list[str], name: str = "kern") -> str:
+    body = "\n".join(f"        /*{16 * i:04x}*/                   {text} ;" for i, text in enumerate(lines))
+    return f"\tcode for sm_90a\n\t\tFunction : {name}\n\t.headerflags\t@\"EF_CUDA_SM90\"\n{body}\n"
+
+
+NESTED = listing([
+    "MOV R1, c[0x0][0x28]",                      # 0x00
+    "IMAD R2, R3, R4, RZ",                       # 0x10  outer loop starts
+    "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24",  # 0x20  inner loop starts (one peeled MMA before? no)
+    "LDGSTS.E.BYPASS.128 [R5], desc[UR8][R6.64]",  # 0x30
+    "IADD3 R7, R7, 0x1, RZ",                      # 0x40
+    "@P0 BRA 0x20",                               # 0x50  inner back edge
+    "FMNMX R8, R8, R9, PT",                       # 0x60
+    "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24",   # 0x70  peeled: half an inner iteration's cycles
+    "@P1 BRA 0x10",                               # 0x80  outer back edge
+    "EXIT",                                       # 0x90
+])
+
+
+def test_parse_loops_and_nesting():
+    (name, instrs), = sass.parse(NESTED).items()
+    assert name == "kern" and len(instrs) == 10 and instrs[5].pred == "@P0"
+    found = {(lp.lo, lp.hi): lp for lp in sass.loops(instrs)}
+    assert set(found) == {(0x20, 0x50), (0x10, 0x80)}
+    outer = found[(0x10, 0x80)]
+    assert outer.children == [found[(0x20, 0x50)]]
+    assert [i.opcode.split(".")[0] for i in outer.own()] == ["IMAD", "FMNMX", "HGMMA", "BRA"]
+
+
+def test_main_loop_issue_bound_and_amortised_outer_loop():
+    (_, instrs), = sass.parse(NESTED).items()
+    inner, outer = sass.main_loop(instrs, 90)
+    assert (inner.lo, outer.lo) == (0x20, 0x10)
+    r = sass.report_loop(inner, 90)
+    assert (r.instructions, r.tensor_cycles) == (4, 64.0) and r.issue_bound == 1.0
+    assert r.mix == {"HGMMA": 1, "LDGSTS": 1, "IADD3": 1, "BRA": 1}
+    # 8 source iterations, half of one peeled into the outer body: 7.5 SASS iterations
+    a = sass.amortised(inner, outer, 8, 90)
+    assert a.tensor_cycles == 32 + 7.5 * 64
+    assert a.instructions == 4 + 30
+    assert a.issue_bound == 1.0
+
+
+def test_issue_bound_below_one_when_instructions_dominate():
+    text = listing(["HMMA.16816.F32.BF16 R4, R8, R12, R4"] + ["IMAD R2, R3, R4, RZ"] * 6 + ["@P0 BRA 0x0", "EXIT"])
+    (_, instrs), = sass.parse(text).items()
+    inner, outer = sass.main_loop(instrs, 90)
+    r = sass.report_loop(inner, 90)
+    assert outer is None and r.instructions == 8
+    assert r.tensor_cycles == 4.0 and r.issue_bound == pytest.approx(0.5)
+    assert sass.report_loop(inner, 80).tensor_cycles == 8.0  # Ampere: half the rate per sub-partition
+
+
+def test_tensor_cycle_table():
+    assert sass.tensor_cycles("HGMMA.64x256x16.F32.BF16", 90) == 128
+    assert sass.tensor_cycles("HGMMA.64x128x8.F32.TF32", 90) == 64  # half the flops at half the rate
+    assert sass.tensor_cycles("HMMA.1688.F32.TF32", 80) == 8
+    assert sass.tensor_cycles("HMMA.1688.F32", 80) == 4
+    assert sass.tensor_cycles("IMAD", 90) == 0
+
+
+def test_resources_and_occupancy():
+    res = "Resource usage:\n Function kern:\n  REG:206 STACK:0 SHARED:1024 LOCAL:0 CONSTANT[0]:616\n"
+    assert sass.resources(res) == {"kern": {"REG": 206, "STACK": 0, "SHARED": 1024, "LOCAL": 0}}
+    assert sass.occupancy(206, 65536 + 1024, 128, 90) == 2  # registers: 208 × 128 × 2 <= 65536
+    assert sass.occupancy(128, 100 << 10, 256, 90) == 2  # shared memory: 2 × 101 KiB fits 228 KiB
+    assert sass.occupancy(255, 0, 256, 90) == 1
+
+
+def test_no_loop_with_tensor_instructions():
+    (_, instrs), = sass.parse(listing(["IMAD R2, R3, R4, RZ", "@P0 BRA 0x0", "EXIT"])).items()
+    assert sass.main_loop(instrs, 90) == (None, None)
