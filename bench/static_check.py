@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.json) if args.json and len(args.arch) == 1 else Path(args.json_dir) / f"static-sm{arch}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"arch": f"sm_{arch}", "triton": _version("triton"), "torch": torch.__version__,
-                "nvcc": _nvcc_version(), "commit": _commit(), "model": sass.__doc__.strip().splitlines()[2:8]}
+                "nvcc": _nvcc_version(), "commit": _commit(),
+                "model": "issue bound = tensor-core cycles / max(tensor-core cycles, issued instructions) per "
+                         "main-loop iteration and warp; see bench/static/sass.py"}
         out.write_text(json.dumps({"meta": meta, "triton": rows, "cuda": cuda_rows}, indent=1) + "\n")
         print(f"written: {out}")
     for f in failures:
@@ -186,7 +188,7 @@ def _nvcc_version() -> str | None:
 def _commit() -> str | None:
     import subprocess
 
-    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    done = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
     return done.stdout.strip() or None
 
 
