@@ -73,11 +73,11 @@ def _launch_rows(case: Case, arch: int) -> list[dict]:
             row["main_loop"] = None
         else:
             useful = case.useful_flops(launch)
-            row["main_loop"] = cuda_report.summary(sass.report_loop(inner, arch), useful, compiled.num_warps, arch)
+            row["main_loop"] = sass.summary(sass.report_loop(inner, arch), useful, compiled.num_warps, arch)
             trips = case.inner_trips(launch) if case.inner_trips else None
             if trips and outer is not None:
                 row["per_outer_iteration"] = dict(
-                    cuda_report.summary(sass.amortised(inner, outer, trips, arch), useful * trips, compiled.num_warps, arch),
+                    sass.summary(sass.amortised(inner, outer, trips, arch), useful * trips, compiled.num_warps, arch),
                     inner_trips=trips)
         rows.append(row)
     return rows

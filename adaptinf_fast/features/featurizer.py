@@ -320,7 +320,7 @@ class GradientFeaturizer:
                 shards[s] = fs
 
         buffered: list[tuple[list, torch.Tensor, torch.Tensor]] = []  # (entry, keep, valid) per buffered batch
-        buffer = None
+        buffer, decided = None, False  # the buffer is sized once, on the first batch
 
         def flush() -> None:  # project the buffered batches in one launch, in batch order
             if not buffered:
@@ -343,14 +343,16 @@ class GradientFeaturizer:
             entry[3].extend(skipped)
             if batch is not None:
                 b = batch["input_ids"].shape[0]
-                if buffer is None or buffer.room() < b:
-                    flush()
-                    buffer = buffer if buffer is not None and buffer.capacity >= b else self._buffer(b)
-                feats, scores, valid = self._pass(batch, buffer) if buffer is not None else self.featurize_batch(batch)
+                if not decided:
+                    buffer, decided = self._buffer(b), True
+                use = buffer is not None and buffer.capacity >= b  # a larger (DataLoader) batch goes alone
+                if not use or buffer.room() < b:
+                    flush()  # keeps features in batch order
+                feats, scores, valid = self._pass(batch, buffer) if use else self.featurize_batch(batch)
                 entry[3].extend((i, "no response tokens") for i, ok in zip(ids, valid.tolist()) if not ok)
                 keep = valid.nonzero().flatten()
                 entry[0].extend(ids[j] for j in keep.tolist())
-                if buffer is not None:
+                if use:
                     buffered.append((entry, keep, valid))
                 else:
                     entry[1].append(feats[keep])

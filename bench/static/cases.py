@@ -92,7 +92,8 @@ def _maxsim(sizes: list[int], d: int) -> Callable[[], None]:
 
         n = sum(sizes)
         labels = torch.cat([torch.full((s,), i, dtype=torch.int64) for i, s in enumerate(sizes)]).to(META)
-        dt.screened(torch.empty(n, d, device=META), labels, torch.arange(n, device=META))
+        low = torch.empty(n, -(-d // 16) * 16, dtype=torch.float16, device=META)  # screen.low_copy's shape
+        dt.screened(low, labels, torch.arange(n, device=META))
 
     return run
 

@@ -86,50 +86,6 @@ def report(arch: str) -> list[dict]:
                    "blocks_per_sm": sass.occupancy(meta.get("regs", 0), meta.get("smem", 0), THREADS, num)}
             if inner is not None:
                 loop = sass.report_loop(inner, num)
-                row.update(main_loop=summary(loop, USEFUL_FLOPS_PER_ITER, THREADS // 32, num))
+                row.update(main_loop=sass.summary(loop, USEFUL_FLOPS_PER_ITER, THREADS // 32, num))
             rows.append(row)
     return rows
-
-
-def summary(loop: sass.LoopReport, useful_flops: float, warps: int, arch: int) -> dict:
-    """Issue bound, the bf16-peak fraction it allows (useful FLOPs at the bf16 dense rate), and the
-    serial bound: the tensor-core share if a warp's other instructions never overlapped its MMAs
-    (one resident warpgroup waiting on its own MMAs every iteration)."""
-    flops_per_clk = 4096 if arch >= 90 else 2048  # dense bf16 per SM
-    per_smsp = max(1.0, warps / 4)
-    ideal = useful_flops / flops_per_clk
-    mma_instrs = sum(v for k, v in loop.mix.items() if k in ("HGMMA", "HMMA", "IMMA"))
-    other = loop.instructions - mma_instrs
-    return {"instructions": loop.instructions, "tensor_cycles": loop.tensor_cycles,
-            "issue_bound": round(loop.issue_bound, 3),
-            "serial_bound": round(loop.tensor_cycles / max(loop.tensor_cycles + other, 1e-9), 3),
-            "bf16_peak_bound": round(min(1.0, ideal / (max(loop.tensor_cycles, loop.instructions) * per_smsp)), 3),
-            "mix": categories(loop.mix)}
-
-
-# Instruction classes for the table (SASS opcode stems).
-_CLASSES = {
-    "tensor": ("HGMMA", "HMMA", "IMMA", "WARPGROUP"),
-    "async copy": ("LDGSTS", "UTMALDG", "UBLKCP", "UTMASTG", "LDGDEPBAR", "DEPBAR", "SYNCS"),
-    "global": ("LDG", "STG", "RED", "ATOM"),
-    "shared": ("LDS", "STS", "LDSM", "STSM"),
-    "local (spill)": ("LDL", "STL"),
-    "integer": ("IMAD", "IADD3", "IADD", "LOP3", "SHF", "LEA", "ISETP", "SEL", "PRMT", "IMNMX", "VIMNMX", "VIADD",
-                "IABS", "POPC", "FLO", "BREV", "PLOP3", "MOV", "LOP", "SHL", "SHR", "I2F", "F2I", "IDP", "P2R", "R2P"),
-    "float": ("FADD", "FMUL", "FFMA", "FSETP", "FSEL", "FMNMX", "MUFU", "F2F", "F2FP", "HADD2", "HFMA2", "HMUL2", "FCHK"),
-    "uniform": ("U",),
-    "sync/branch": ("BAR", "BRA", "WARPSYNC", "BSYNC", "BSSY", "EXIT", "NOP", "MEMBAR", "FENCE", "ELECT", "VOTE", "SHFL"),
-}
-
-
-def categories(mix: dict[str, int]) -> dict[str, int]:
-    out = {k: 0 for k in _CLASSES}
-    out["other"] = 0
-    for op, n in mix.items():
-        for cls, stems in _CLASSES.items():
-            if op in stems or (cls == "uniform" and op.startswith("U") and op not in ("UTMALDG", "UBLKCP", "UTMASTG")):
-                out[cls] += n
-                break
-        else:
-            out["other"] += n
-    return {k: v for k, v in out.items() if v}

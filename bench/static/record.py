@@ -25,9 +25,6 @@ class Launch:
     def name(self) -> str:
         return self.fn.__name__ if hasattr(self.fn, "__name__") else self.fn.fn.__name__
 
-    def constexpr(self, name: str) -> Any:
-        return self.kwargs.get(name)
-
 
 class ShapeTensor:
     """What Triton's specialisation reads off a tensor argument: dtype and pointer alignment."""
@@ -39,9 +36,6 @@ class ShapeTensor:
 
     def data_ptr(self) -> int:  # fresh allocations are 256-byte aligned; views keep their offset
         return 1 << 20 | self._offset_bytes
-
-    def stride(self):  # pragma: no cover - Triton does not read strides of pointer arguments
-        raise AttributeError
 
 
 @dataclass

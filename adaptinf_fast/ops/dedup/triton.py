@@ -68,15 +68,15 @@ def _tiles(n: int, d: int) -> tuple[int, int, int, int]:
     return bm, bm, bd, 8 if bm == 128 else 4
 
 
-def screened(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor):
-    """One launch on the fp16 rows: (perm, best, arg, second) in cluster-major positions."""
-    n = xn.shape[0]
-    d = screen.padded_width(xn.shape[1])
+def screened(low: torch.Tensor, labels: torch.Tensor, order: torch.Tensor):
+    """One launch on the rows rounded to fp16 and zero-padded (``screen.low_copy``):
+    (perm, best, arg, second) in cluster-major positions."""
+    n, d = low.shape
     bm, bn, bd, warps = _tiles(n, d)
-    perm, xs, cstart, tiles = cluster_tiles(screen.low_copy(xn, screen.screen_dtype(True)), labels, order, bm)
-    best = torch.empty(n, dtype=torch.float32, device=xn.device)
-    arg = torch.empty(n, dtype=torch.int64, device=xn.device)
-    second = torch.empty(n, dtype=torch.float32, device=xn.device)
+    perm, xs, cstart, tiles = cluster_tiles(low, labels, order, bm)
+    best = torch.empty(n, dtype=torch.float32, device=low.device)
+    arg = torch.empty(n, dtype=torch.int64, device=low.device)
+    second = torch.empty(n, dtype=torch.float32, device=low.device)
     _max_sim_kernel[(len(tiles),)](xs, cstart, tiles, best, arg, second, n, d, xs.stride(0),
                                    BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, INTERPRET=tu.interpreting(),
                                    num_warps=warps, num_stages=3)
@@ -88,13 +88,16 @@ def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, 
     """Same contract as ``reference.max_similarity`` (``progress`` is accepted; one launch).
     ``exact=False`` returns the fp16-screened values and winners."""
     n, d = xn.shape
-    perm, best, arg, second = screened(xn, labels, order)
-    m, idx = to_original_order(perm, best, arg)
+    dtype = screen.screen_dtype(True)
     if not exact:
-        return m, idx
+        perm, best, arg, _ = screened(screen.low_copy(xn, dtype), labels, order)
+        return to_original_order(perm, best, arg)
+    low, err, norm = screen.rounding_error(xn, dtype)
+    perm, best, arg, second = screened(low, labels, order)
+    del low
+    m, idx = to_original_order(perm, best, arg)
     second_orig = torch.empty_like(second)
     second_orig[perm] = second
-    _, err, norm = screen.rounding_error(xn, screen.screen_dtype(True))
     bound = screen.dot_bound(err, norm, float(err.max()), float(norm.max()), d)
     redo = (screen.undecided(m - second_orig, bound) & (idx >= 0)).nonzero().flatten()
     if redo.numel():

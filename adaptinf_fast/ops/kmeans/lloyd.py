@@ -156,16 +156,16 @@ def _reseed_empty(data, comm, sums, counts, labels, dist) -> None:
 
 
 def distances(data: Data, centers: torch.Tensor, assign: Assign, metric: str, labels: torch.Tensor,
-              dist: torch.Tensor) -> float:
+              dist: torch.Tensor) -> torch.Tensor:
     """Assign every row with its value: fills ``labels`` and ``dist`` (squared distances); returns
-    their local sum in float64."""
-    total = torch.zeros((), dtype=torch.float64, device=data.device)
+    their local sum, float64 (1,)."""
+    total = torch.zeros(1, dtype=torch.float64, device=data.device)
     for start, xc in data.chunks():
         lab, val = assign(start, xc, centers, True)
         labels[start : start + len(lab)] = lab
         dist[start : start + len(lab)] = sq_distance_from(val, metric)
         total += dist[start : start + len(lab)].double().sum()
-    return float(total)
+    return total
 
 
 def lloyd(data: Data, centers: torch.Tensor, assign: Assign, *, metric: str, max_iter: int, tol: float,
@@ -207,7 +207,6 @@ def lloyd(data: Data, centers: torch.Tensor, assign: Assign, *, metric: str, max
         if shift <= tol:
             break
     bar.close()
-    inertia = torch.tensor([distances(data, centers, assign, metric, labels, dist)], dtype=torch.float64,
-                           device=data.device)  # labels consistent with the final centres
+    inertia = distances(data, centers, assign, metric, labels, dist)  # labels consistent with the final centres
     comm.sum_(inertia)
     return LloydResult(centers, labels, float(inertia), n_iter)
