@@ -269,13 +269,77 @@ def test_buffer_memory_cap_falls_back_to_per_batch_projection(rng, monkeypatch, 
     assert torch.equal(fs.features, want.features)
 
 
+def random_adam_state(model, rng):
+    """(featurizer of the last layer, a random Adam state dict for its LoRA parameters)."""
+    fz = af.GradientFeaturizer(model, layers=[-1], out_dim=OUT)
+    return fz, {n: {"exp_avg": torch.randn(p.shape, generator=rng) * 1e-3,
+                    "exp_avg_sq": torch.rand(p.shape, generator=rng) * 1e-6} for n, p in zip(fz.param_names, fz.params)}
+
+
 def test_buffered_adam_preconditioning_equals_per_batch(rng):
     model = tiny_llama()
     rows = random_rows(7, rng)
-    fz = af.GradientFeaturizer(model, layers=[-1], out_dim=OUT)
-    state = {n: {"exp_avg": torch.randn(p.shape, generator=rng) * 1e-3, "exp_avg_sq": torch.rand(p.shape, generator=rng) * 1e-6}
-             for n, p in zip(fz.param_names, fz.params)}
+    fz, state = random_adam_state(model, rng)
     a = af.GradientFeaturizer(model, layers=[-1], out_dim=OUT, optimizer_state=state).extract(rows, batch_size=2, progress=False)
     b = af.GradientFeaturizer(model, layers=[-1], out_dim=OUT, optimizer_state=state, project_samples=1).extract(
         rows, batch_size=2, progress=False)
     torch.testing.assert_close(a.features, b.features, rtol=1e-5, atol=1e-6)
+
+
+def release_scores(model, row, layers, pre=None):
+    """The release's score formulas on one sample alone (no padding): entropy over every position
+    of the unshifted logits with ln(p + 1e-10), ppl = mean exp(ℓ), ig with zeroed pixels."""
+    model.eval()
+    params = lora_params(model, layers)
+    ids, labels = row["input_ids"][None], row["labels"][None]
+    kw = {"pixel_values": row["pixel_values"][None]} if "pixel_values" in row else {}
+    logits = model(input_ids=ids, **kw).logits[0].float()
+    p = logits.softmax(-1)
+    target = labels[0, 1:]
+    resp = target != -100
+    tok = F.cross_entropy(logits[:-1][resp], target[resp], reduction="none")
+    grads = torch.autograd.grad(tok.mean(), params)
+    flat = torch.cat([(g if pre is None else pre(q, g)).flatten() for q, g in zip(params, grads)])
+    out = {"entropy": (-(p * (p + 1e-10).log()).sum(-1).mean()).item(), "ppl": tok.exp().mean().item(),
+           "grand": flat.norm().item()}
+    if kw:
+        with torch.no_grad():
+            zero = model(input_ids=ids, pixel_values=torch.zeros_like(kw["pixel_values"])).logits[0, :-1].float()
+        out["ig"] = float(F.cross_entropy(zero[resp], target[resp]).exp()) / out["ppl"]
+    return out
+
+
+def test_release_score_rules_equal_the_release_formulas(rng):
+    model = tiny_llava()
+    rows = random_rows(3, rng, image_tokens=16)
+    text_only = random_rows(2, rng)
+    rows = [rows[0], text_only[0], rows[1], text_only[1], rows[2]]  # padded batches, mixed
+    ours = af.GradientFeaturizer(model, layers="all", out_dim=OUT).extract(rows, batch_size=3, progress=False)
+    rel = af.GradientFeaturizer(model, layers="all", out_dim=OUT, rules="release").extract(rows, batch_size=3, progress=False)
+    assert torch.equal(ours.features, rel.features)  # the rules change the scores only
+    for i, row in enumerate(rows):
+        want = release_scores(model, row, "all")
+        for name, value in want.items():
+            assert rel.scores[name][i].item() == pytest.approx(value, rel=1e-4), (i, name)
+        if "ig" not in want:
+            assert rel.scores["ig"][i] == 1.0
+    assert not torch.allclose(ours.scores["entropy"], rel.scores["entropy"])
+    assert not torch.allclose(ours.scores["ig"], rel.scores["ig"])
+
+
+def test_release_grand_is_the_norm_of_the_preconditioned_gradient(rng):
+    model = tiny_llama()
+    rows = random_rows(4, rng)
+    fz, state = random_adam_state(model, rng)
+    by_param = {id(p): state[n] for n, p in zip(fz.param_names, fz.params)}
+
+    def pre(p, g):
+        s = by_param[id(p)]
+        return (0.9 * s["exp_avg"] + 0.1 * g) / ((0.999 * s["exp_avg_sq"] + 0.001 * g * g).sqrt() + 1e-8)
+
+    for samples in (256, 1):  # the buffered and the per-batch paths
+        rel = af.GradientFeaturizer(model, layers=[-1], out_dim=OUT, optimizer_state=state, rules="release",
+                                    project_samples=samples).extract(rows, batch_size=2, progress=False)
+        for i, row in enumerate(rows):
+            want = release_scores(model, row, [2], pre=pre)["grand"]
+            assert rel.scores["grand"][i].item() == pytest.approx(want, rel=1e-4)

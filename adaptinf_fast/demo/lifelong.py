@@ -44,6 +44,7 @@ class DemoConfig:
     out_dim: int = 1024
     compare: tuple = ()
     seed: int = 0
+    rules: str = "adaptinf"
     progress: bool = True
     extra: dict = field(default_factory=dict)  # RunConfig overrides (tests)
 
@@ -100,7 +101,7 @@ def run_config(cfg: DemoConfig, method: str) -> RunConfig:
     doc = dict(method=method, k=cfg.k, budget=cfg.budget, pool_budget=None if baseline else cfg.pool_budget,
                layers="all", out_dim=cfg.out_dim, feature_batch_size=32, lora=LoraSettings(r=8, alpha=16, dropout=0.05),
                train=TrainConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=16, warmup_ratio=0.05, seed=cfg.seed),
-               scorer="exact_match", max_new_tokens=4, seed=cfg.seed)
+               scorer="exact_match", max_new_tokens=4, seed=cfg.seed, rules=cfg.rules)
     return RunConfig(**{**doc, **cfg.extra})
 
 

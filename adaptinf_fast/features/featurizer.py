@@ -17,7 +17,7 @@ from .capture import Capture, grads_enabled_on
 from .featureset import FeatureSet
 from .gradbuffer import DEFAULT_SAMPLES, GradientBuffer, default_capacity
 from .lora import find_lora_targets
-from .scores import SCORES, sample_scores, token_stats
+from .scores import RULES, SCORES, mean_over_response, sample_scores, token_stats
 
 log = logging.getLogger("adaptinf_fast")
 
@@ -62,6 +62,10 @@ class GradientFeaturizer:
         project_memory: bytes that buffer may take (float32 rows × samples); default a quarter of
             the GPU's free memory, 2 GiB on CPU. When not even one batch fits, each batch is
             projected tile by tile as it comes (no buffer).
+        rules: ``"adaptinf"`` (DESIGN §4.4) or ``"release"``: the release's score formulas — ppl =
+            mean exp(ℓ), entropy over every attended position, ig with the image's pixels zeroed
+            (its tokens kept) and ppl_without = exp(mean ℓ), grand the norm of the (Adam-
+            preconditioned, when configured) gradient that is projected. Features are unchanged.
     """
 
     def __init__(self, model, *, layers: str | Sequence[int] = "last", out_dim: int = 8192, seed: int = 0,
@@ -69,7 +73,10 @@ class GradientFeaturizer:
                  optimizer_state: Any = None, kind: str = "rademacher", tokenizer: Any = None,
                  image_root: str | Path | None = None, max_length: int | None = None,
                  on_overflow: str = "truncate", backend: str = "auto", project_samples: int = DEFAULT_SAMPLES,
-                 project_memory: int | None = None):
+                 project_memory: int | None = None, rules: str = "adaptinf"):
+        if rules not in RULES:
+            raise ValueError(f"rules is {rules!r}; expected one of {RULES}")
+        self.rules = rules
         if mode not in ("dense", "factored"):
             raise ValueError(f"mode is {mode!r}; expected 'dense' or 'factored'")
         unknown = set(scores) - set(SCORES)
@@ -104,7 +111,7 @@ class GradientFeaturizer:
     def meta(self) -> dict:
         return {"out_dim": self.out_dim, "seed": self.seed, "mode": self.mode, "kind": self.kind,
                 "normalize": self.normalize, "scores": list(self.scores), "params": self.param_names,
-                "preconditioned": self._adam is not None}
+                "preconditioned": self._adam is not None, "rules": self.rules}
 
     def _adam_state(self, state: Any) -> list[tuple[torch.Tensor, torch.Tensor, float, float, float]]:
         out = []
@@ -163,7 +170,8 @@ class GradientFeaturizer:
                 loss = (nll.sum(1) / n_resp.clamp_min(1))[valid].sum()
                 outputs = [o for _, _, o in capture.modules()]
                 grads = torch.autograd.grad(loss, outputs, allow_unused=True) if valid.any() else [None] * len(outputs)
-            scores = sample_scores(nll.detach(), resp, logp.detach())
+            scores = sample_scores(nll.detach(), resp, logp.detach(), rules=self.rules,
+                                   last_logits=out.logits[:, -1].detach(), attn=attn)
             del out, logp
             if buffer is None:
                 feats, sq = self._project(capture, grads, attn.bool())
@@ -194,10 +202,10 @@ class GradientFeaturizer:
         b = mask.shape[0]
         sq = torch.zeros(b, dtype=torch.float64, device=mask.device)
         for k, w in self._sample_grads(capture, grads, mask):
-            sq += w.double().pow(2).sum(1)
-            if self._adam is not None:
-                w = self._precondition(k, w)
-            buffer.block(b, self.offsets[k], w.shape[1]).copy_(w)
+            pre = self._precondition(k, w) if self._adam is not None else w
+            # grand: ours of the raw gradient (DESIGN §4.4), the release's of the vector it projects
+            sq += (pre if self.rules == "release" else w).double().pow(2).sum(1)
+            buffer.block(b, self.offsets[k], w.shape[1]).copy_(pre)
         bad = ~torch.isfinite(sq)
         if bad.any():
             raise ValueError(f"{int(bad.sum())} sample(s) have NaN/Inf gradients (first: {bad.nonzero().flatten()[:5].tolist()})")
@@ -218,8 +226,9 @@ class GradientFeaturizer:
         sq = torch.zeros(b, device=device)
         if self._adam is not None:
             for k, w in self._sample_grads(capture, grads, mask):
-                sq += w.double().pow(2).sum(1).float()
-                project(self._precondition(k, w), self.out_dim, seed=self.seed, kind=self.kind,
+                w_pre = self._precondition(k, w)
+                sq += (w_pre if self.rules == "release" else w).double().pow(2).sum(1).float()
+                project(w_pre, self.out_dim, seed=self.seed, kind=self.kind,
                         row_offset=self.offsets[k], out=acc, backend=self.backend)
             return acc, sq
         for k, ((shape, x, out), g) in enumerate(zip(capture.modules(), grads)):
@@ -231,13 +240,20 @@ class GradientFeaturizer:
 
     @torch.no_grad()
     def _image_grounding(self, ids, labels, attn, pixel_values, ppl_with) -> torch.Tensor:
-        """ppl without the image / ppl with it; text-only samples get 1 (DESIGN §4.4)."""
+        """ppl without the image / ppl with it; text-only samples get 1 (DESIGN §4.4). Ours removes
+        the image tokens; the release's (``rules="release"``) keeps them and zeroes the pixels."""
         ig = torch.ones_like(ppl_with)
         image_id = self.encoder.image_token_id
         if pixel_values is None or image_id is None:
             return ig
         has_image = (ids == image_id).any(1)
         if not has_image.any():
+            return ig
+        if self.rules == "release":
+            out = self.model(input_ids=ids, attention_mask=attn, pixel_values=torch.zeros_like(pixel_values), use_cache=False)
+            nll, resp, _ = token_stats(out.logits, labels)
+            ppl_without = mean_over_response(nll, resp).exp()
+            ig[has_image] = ppl_without[has_image] / ppl_with[has_image]
             return ig
         rows = has_image.nonzero().flatten().tolist()
         stripped = []

@@ -16,6 +16,8 @@ def add_parsers(sub) -> None:
         p.add_argument("--stage", type=int, default=None, help="stage number (default: the current one)")
         p.add_argument("--resume", action="store_true", help="skip (instead of refusing) a step that is already done")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--rules", choices=("adaptinf", "release"), default="adaptinf",
+                       help="our selection rules (default) or the Adapt-∞ release's, id for id (README: where we differ)")
         return p
 
     p = pool_cmd("add", "add a dataset (JSON list or JSONL of records with 'id') to the pool as a new stage")
@@ -36,6 +38,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--budget", type=int, required=True)
     p.add_argument("--method", default="adaptinf", help="adaptinf | random | full | semdedup | score:<name>")
     p.add_argument("--eps", type=float, default=0.05, help="SemDeDup eps for --method semdedup")
+    p.add_argument("--pool-budget", type=int, default=None,
+                   help="with --rules release: select from the pool pruned to this size first, as the release's --semdedup")
     p = pool_cmd("prune", "permanently prune redundant samples")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--pool-budget", type=int, help="Adapt-∞ budget mode: pool size to keep")
@@ -89,7 +93,7 @@ def run(args) -> int:
         print(plot_elbow(rows, pool.stage_dir(t) / "elbow.png"))
         return 0
     fields = {k: getattr(args, k) for k in ("data", "source", "features_from", "model", "out_dim",
-                                            "feature_batch_size", "k", "budget", "method", "seed") if hasattr(args, k)}
+                                            "feature_batch_size", "k", "budget", "method", "seed", "rules") if hasattr(args, k)}
     if hasattr(args, "layers"):
         fields["layers"] = args.layers if args.layers in ("last", "all") else [int(i) for i in args.layers.split(",")]
     if cmd == "prune":
@@ -98,7 +102,9 @@ def run(args) -> int:
     elif getattr(args, "eps", None) is not None:
         fields["eps"] = args.eps
     cfg = StageConfig(stage=t, **fields)
-    if cmd != "prune":
+    if cmd == "select" and args.rules == "release" and args.pool_budget is not None:
+        cfg.prune, cfg.pool_budget = "budget", args.pool_budget
+    elif cmd != "prune":
         cfg.prune = "none"
     cfg.validate()
     if pool.state.finished(t, cmd):

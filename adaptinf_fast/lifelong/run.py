@@ -99,13 +99,14 @@ class RunConfig:
     max_new_tokens: int = 16
     eval_limit: int | None = None
     seed: int = 0
+    rules: str = "adaptinf"
 
     def stage_config(self, t: int, task: Task, data: Path) -> StageConfig:
         prune = self.prune or ("budget" if self.pool_budget is not None else "none")
         cfg = StageConfig(stage=t, data=str(data), source=task.name, layers=self.layers, out_dim=self.out_dim,
                           feature_batch_size=self.feature_batch_size, max_length=self.max_length, k=self.k,
                           method=self.method, budget=self.budget, scores=list(self.scores), prune=prune,
-                          pool_budget=self.pool_budget, eps=self.eps, seed=self.seed)
+                          pool_budget=self.pool_budget, eps=self.eps, seed=self.seed, rules=self.rules)
         unknown = set(task.overrides) - set(StageConfig.__dataclass_fields__) - {"stage", "data", "source"}
         if unknown:
             raise ValueError(f"task {task.name!r}: unknown stage settings {sorted(unknown)}")
@@ -238,7 +239,7 @@ class LifelongRun:
 
         c = self.cfg
         fz = GradientFeaturizer(model, layers=c.layers, out_dim=c.out_dim, seed=c.seed, scores=c.scores,
-                                tokenizer=tokenizer, max_length=c.max_length)
+                                tokenizer=tokenizer, max_length=c.max_length, rules=c.rules)
         return lambda records: fz.extract(records, batch_size=c.feature_batch_size, out_dir=stage.dir / "feature-shards",
                                           progress=self.progress)
 

@@ -9,7 +9,7 @@ Top-level keys (every one but ``model`` and ``stages`` optional)::
     lora:      {r, alpha, dropout, target_modules}            (LoraSettings)
     train:     {lr, epochs, batch_size, grad_accum, warmup_ratio, weight_decay, max_grad_norm, save_every}
     features:  {layers, out_dim, batch_size, max_length}
-    selection: {method, k, budget, pool_budget, prune, eps, scores}
+    selection: {method, k, budget, pool_budget, prune, eps, scores, rules: adaptinf|release}
     eval:      {scorer, max_new_tokens, limit}
     stages:    [{name, train: LLaVA JSON/JSONL, test: LLaVA JSON/JSONL, images: folder,
                  and per-stage k / budget / pool_budget / eps / method}, ...]
@@ -29,7 +29,7 @@ from .train import TrainConfig
 
 SECTIONS = {
     "features": {"layers": "layers", "out_dim": "out_dim", "batch_size": "feature_batch_size", "max_length": "max_length"},
-    "selection": {k: k for k in ("method", "k", "budget", "pool_budget", "prune", "eps", "scores")},
+    "selection": {k: k for k in ("method", "k", "budget", "pool_budget", "prune", "eps", "scores", "rules")},
     "eval": {"scorer": "scorer", "max_new_tokens": "max_new_tokens", "limit": "eval_limit"},
 }
 MODEL_KEYS = ("base", "tokenizer", "adapter", "dtype", "device")

@@ -21,7 +21,7 @@ import torch
 
 from ..features.featureset import FeatureSet, atomic_write
 from ..ops.kmeans import KMeans
-from ..selection.policy import prune_mask, select_subset
+from ..selection.policy import RULES, prune_mask, release_subset, select_subset
 from .pool import PoolStore, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger("adaptinf_fast")
@@ -33,7 +33,9 @@ SCORE_NAMES = ("ppl", "el2n", "entropy", "grand", "ig")
 @dataclass
 class StageConfig:
     """What one stage does. ``budget``: training samples to select; ``pool_budget``: pool size
-    after pruning (budget mode) — or ``prune="threshold"`` with ``eps`` (SemDeDup), or ``"none"``."""
+    after pruning (budget mode) — or ``prune="threshold"`` with ``eps`` (SemDeDup), or ``"none"``.
+    ``rules``: ``"adaptinf"`` (ours, DESIGN §4) or ``"release"`` (the Adapt-∞ release's scores,
+    selection and pruning, id for id; see ``selection/release.py`` and the README's table)."""
 
     stage: int
     data: str | None = None
@@ -53,6 +55,7 @@ class StageConfig:
     pool_budget: int | None = None
     eps: float = 0.05
     seed: int = 0
+    rules: str = "adaptinf"
 
     @property
     def needs_features(self) -> bool:
@@ -76,6 +79,10 @@ class StageConfig:
             errors.append("prune='budget' needs pool_budget, an int >= 0")
         if self.prune == "threshold" and not (isinstance(self.eps, (int, float)) and 0 < self.eps < 2):
             errors.append(f"eps is {self.eps!r}; expected a number in (0, 2)")
+        if self.rules not in RULES:
+            errors.append(f"rules is {self.rules!r}; expected one of {RULES}")
+        elif self.rules == "release" and self.prune == "threshold":
+            errors.append("rules='release' prunes only to a pool budget (prune='budget' or 'none'): the release has no threshold mode")
         unknown = set(self.scores) - set(SCORE_NAMES)
         if unknown or not self.scores:
             errors.append(f"scores must be a non-empty subset of {SCORE_NAMES}; got {self.scores}")
@@ -145,12 +152,16 @@ class Stage:
         model, tokenizer = load_peft_model(self.cfg.model)
         fz = GradientFeaturizer(model, layers=self.cfg.layers, out_dim=self.cfg.out_dim, seed=self.cfg.seed,
                                 scores=self.cfg.scores, tokenizer=tokenizer, image_root=self.cfg.image_root,
-                                max_length=self.cfg.max_length)
+                                max_length=self.cfg.max_length, rules=self.cfg.rules)
         shards = self.dir / "feature-shards"  # resumable: a killed features step keeps finished shards
         return lambda records: fz.extract(records, batch_size=self.cfg.feature_batch_size, out_dir=shards)
 
     def labels(self) -> torch.Tensor:
         return torch.from_numpy(np.load(self.dir / "labels.npy"))
+
+    def n_clusters(self) -> int:
+        """K of the stage's clustering (the release's rules walk clusters 0..K-1, empty ones too)."""
+        return int(np.load(self.dir / "centroids.npy", mmap_mode="r").shape[0])
 
     def run(self, featurize: Callable[[list[dict]], FeatureSet] | None = None, steps=STEPS) -> dict:
         for step in steps:
@@ -270,8 +281,13 @@ class Stage:
             log.warning("select: budget %d is larger than the pool (%d); selecting all", budget, n)
             info["note"] = f"budget capped at the pool size {n}"
             budget = n
-        chosen, extra = select_subset(fs.features, labels, fs.scores, method=self.cfg.method, budget=budget,
-                                      generator=gen, score_order=self.cfg.scores, eps=self.cfg.eps)
+        if self.cfg.rules == "release" and self.cfg.method not in ("random", "full", "semdedup"):
+            chosen, extra = release_subset(fs.features, labels, fs.scores, method=self.cfg.method, budget=budget,
+                                           k=self.n_clusters(), seed=self.cfg.seed, progress=self.progress,
+                                           pool_budget=self.cfg.pool_budget if self.cfg.prune == "budget" else None)
+        else:
+            chosen, extra = select_subset(fs.features, labels, fs.scores, method=self.cfg.method, budget=budget,
+                                          generator=gen, score_order=self.cfg.scores, eps=self.cfg.eps)
         info.update(extra)
         chosen_ids = [fs.ids[i] for i in sorted(chosen.tolist())]
         info["selected"] = len(chosen_ids)
@@ -300,7 +316,8 @@ class Stage:
             return self.pool.commit(self.t, "prune")
         fs, labels = self.features(), self.labels()
         drop = prune_mask(fs.features, labels, mode=self.cfg.prune, pool_budget=self.cfg.pool_budget, eps=self.cfg.eps,
-                          progress=self.progress)
+                          progress=self.progress, rules=self.cfg.rules,
+                          k=self.n_clusters() if self.cfg.rules == "release" else None)
         reason = {"none": None, "budget": f"redundant: pool budget {self.cfg.pool_budget}",
                   "threshold": f"semdedup eps={self.cfg.eps}"}[self.cfg.prune]
         if self.cfg.prune == "budget":

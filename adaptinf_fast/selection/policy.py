@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from ..ops.dedup import cluster_max_similarity, prune_to_budget, semdedup, semdedup_order
 from .budget import split_budget
+from . import release
 from .ccs import ccs_sample
 from .selector import choose_selectors
+
+RULES = ("adaptinf", "release")
 
 
 def selection_scores(scores: Mapping[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -62,13 +66,63 @@ def select_subset(features: torch.Tensor, labels: torch.Tensor, scores: Mapping[
     return torch.sort(torch.cat(parts)).values, info
 
 
+def release_subset(features: torch.Tensor, labels: torch.Tensor, scores: Mapping[str, torch.Tensor], *,
+                   method: str, budget: int, k: int, seed: int, pool_budget: int | None = None,
+                   progress: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``select_subset`` under ``rules="release"``: the release's selection, ids for ids.
+
+    As the release's script with ``--semdedup`` does, a pool larger than ``pool_budget`` is first
+    pruned by its rule (``release.prune``) and the subset is chosen from the kept samples, in the
+    kept order; ``pool_budget=None`` selects from the whole pool. Its Python ``random`` calls are
+    made on ``random.Random(seed)`` (the release's script after ``random.seed(seed)``).
+    ``method``: ``"adaptinf"`` (its ``--mwp``) or ``"score:<name>"`` (its ``--score-type``).
+    ``labels`` must lie in [0, k). Returns (sorted indices, info).
+    """
+    n = features.shape[0]
+    order = torch.arange(n)
+    info: dict[str, Any] = {"rules": "release"}
+    if pool_budget is not None and n > pool_budget:
+        kept, _ = release.prune(features, labels, k, pool_budget, progress=progress)
+        order = torch.from_numpy(kept)
+        info["selected_from"] = int(kept.size)
+    sel = release.scores_as_release({name: v for name, v in scores.items()})
+    if method == "adaptinf":
+        score = None
+    elif method.startswith("score:") and method[6:] in sel:
+        score = method[6:]
+    else:
+        raise ValueError(f"method {method!r} under rules='release': expected 'adaptinf' or score:<a computed score>")
+    if not sel:
+        raise ValueError("no scores are available")
+    picked, extra = release.select(labels[order], {name: v[order.numpy()] for name, v in sel.items()}, k, budget,
+                                   random.Random(seed), score=score)
+    info.update(extra)
+    return torch.sort(order[torch.from_numpy(picked)]).values, info
+
+
 def prune_mask(features: torch.Tensor, labels: torch.Tensor, *, mode: str, pool_budget: int | None = None,
-               eps: float = 0.05, progress: bool = False) -> torch.Tensor:
+               eps: float = 0.05, progress: bool = False, rules: str = "adaptinf", k: int | None = None) -> torch.Tensor:
     """Bool mask of samples to drop for good: ``"budget"`` (Adapt-∞: keep the ``pool_budget`` least
     redundant, split over clusters), ``"threshold"`` (SemDeDup at ``eps``) or ``"none"``. Both use
-    SemDeDup's "hard" order (farthest from the centroid first)."""
+    SemDeDup's "hard" order (farthest from the centroid first).
+
+    ``rules="release"`` (budget mode only, ``k`` clusters with labels in [0, k)): the release's
+    semdedup (index order, M clamped at 0, its rounded-up budgets), and only when the pool holds
+    more than ``pool_budget``: at or under it nothing is dropped (the release's budget split fails
+    on a budget its clusters cannot hold).
+    """
+    if rules not in RULES:
+        raise ValueError(f"rules is {rules!r}; expected one of {RULES}")
     if mode == "none":
         return torch.zeros(features.shape[0], dtype=torch.bool)
+    if rules == "release":
+        if mode != "budget":
+            raise ValueError(f"rules='release' prunes only to a pool budget (the release has no {mode!r} mode)")
+        drop = torch.zeros(features.shape[0], dtype=torch.bool)
+        if features.shape[0] > pool_budget:
+            drop[:] = True
+            drop[torch.from_numpy(release.prune(features, labels, k, pool_budget, progress=progress)[0])] = False
+        return drop
     order = semdedup_order(features, labels, "hard")
     if mode == "budget":
         m, _ = cluster_max_similarity(features, labels, order=order, progress=progress)
