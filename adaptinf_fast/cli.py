@@ -72,7 +72,8 @@ def _demo(args) -> int:
 
 def _run(args) -> int:
     from .lifelong.run import LifelongRun, format_matrix
-    from .lifelong.runconfig import base_loader, load_run_config
+    from .lifelong.config import load_run_config
+    from .lifelong.models import base_loader
 
     out, tasks, cfg, model = load_run_config(args.config)
     out = args.out or out

@@ -2,7 +2,7 @@
 # The GPU check, in calls that each end inside 8 minutes on a lent H100/H200 (80 GB shapes):
 #
 #   bash bench/gpu_check.sh tests           build _C (ADAPTINF_REQUIRE_CUDA=ON), every kernel test on CUDA tensors
-#   bash bench/gpu_check.sh bench SUITE     one bench suite: projection | kmeans | dedup | features | selection
+#   bash bench/gpu_check.sh bench SUITE     one bench suite: projection | kmeans | dedup | features | selection | evaluate
 #   bash bench/gpu_check.sh static          the static SASS check on the device's own toolchain (no GPU time used)
 #
 # Everything lands in $OUT (default bench/results/gpu-run): build.log, info.txt, tests.txt, and per

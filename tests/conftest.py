@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import random
 
@@ -76,3 +78,21 @@ def kernel_cases(op: str) -> list:
             if _why_unusable(backend, torch.device(dev)) is None:
                 cases.append(pytest.param(backend, dev, id=f"{backend}-{dev}"))
     return cases
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(folder, what: str):
+    """Another live process holds ``folder``'s FolderLock while the block runs."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from adaptinf_fast._io import FolderLock\n"
+        f"with FolderLock({str(folder)!r}, {what!r}):\n    print('locked', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()

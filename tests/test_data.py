@@ -7,7 +7,7 @@ import json
 from PIL import Image
 
 from adaptinf_fast.data import read_llava_json
-from adaptinf_fast.features.batching import Encoder
+from adaptinf_fast.data.encoder import Encoder
 from tiny_models import IMAGE_TOKEN, word_tokenizer
 
 Q = {"from": "human", "value": "<image>\nwhat colour is shown ?"}
@@ -55,3 +55,29 @@ def test_labels_only_on_answers_with_and_without_a_chat_template(tmp_path):
     prompt = tok.convert_ids_to_tokens([t for t, l in zip(templ["input_ids"].tolist(), templ["labels"].tolist())
                                         if l == -100 and t != IMAGE_TOKEN])
     assert prompt[:2] == ["USER", ":"] and prompt.count("ASSISTANT") == 2
+
+
+def test_images_go_through_the_model_folders_image_processor(tmp_path):
+    """A model folder with a CLIPImageProcessor (LLaVA-1.5's: resize the shortest edge, center-crop,
+    CLIP-normalise): the encoder's pixels are the processor's; without one, our square resize."""
+    import numpy as np
+    import torch
+    from transformers import CLIPImageProcessor
+
+    from adaptinf_fast.data.encoder import image_processor_for
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(tmp_path / "wide.png")  # not square
+    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(tmp_path / "m")
+    proc = image_processor_for(tmp_path / "m")
+    assert proc is not None and image_processor_for(tmp_path) is None
+    rec = {"id": "w", "image": "wide.png", "conversations": [Q, {"from": "gpt", "value": "blue"}]}
+    tok = word_tokenizer()
+    common = dict(tokenizer=tok, image_token_id=IMAGE_TOKEN, image_tokens=4, image_size=16, image_root=tmp_path)
+    ours = Encoder(**common).encode(rec)["pixel_values"]
+    theirs = Encoder(**common, image_processor=proc).encode(rec)["pixel_values"]
+    with Image.open(tmp_path / "wide.png") as im:
+        want = proc(images=im.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+    assert theirs.shape == ours.shape == (3, 16, 16)
+    torch.testing.assert_close(theirs, want)
+    assert not torch.allclose(theirs, ours, atol=1e-2)  # center-crop, not a squashing resize

@@ -9,7 +9,7 @@ from PIL import Image
 
 from adaptinf_fast.data import validate_records
 from adaptinf_fast.data.demo_tasks import TASKS, make_tasks, vocabulary, word_tokenizer
-from adaptinf_fast.features.batching import Encoder
+from adaptinf_fast.data.encoder import Encoder
 
 
 def test_tasks_are_valid_balanced_and_deterministic(tmp_path):

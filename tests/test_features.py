@@ -166,7 +166,7 @@ def test_shards_on_disk_resume_without_recomputing(rng, tmp_path, monkeypatch):
 
 
 def test_dataloader_input(rng):
-    from adaptinf_fast.features.batching import collate
+    from adaptinf_fast.data.encoder import collate
 
     model = tiny_llama()
     rows = random_rows(5, rng)

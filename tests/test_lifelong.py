@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from adaptinf_fast import cli
-from adaptinf_fast.lifelong import PoolStore, StageConfig, load_config, run_stage
+from conftest import lock_held_elsewhere
+from adaptinf_fast.lifelong import POOL_STEPS, Context, PoolStore, StageConfig, load_stage_config, run_stage, run_steps
 
 D = 24
 
@@ -49,7 +50,7 @@ def stage_cfgs(tmp: Path) -> list[StageConfig]:
 def snapshot(pool: Path) -> dict[str, bytes]:
     """Every file of the pool except wall-clock timings."""
     return {str(p.relative_to(pool)): p.read_bytes() for p in sorted(pool.rglob("*"))
-            if p.is_file() and p.name != "timings.json"}
+            if p.is_file() and p.name not in ("timings.json", ".lock")}
 
 
 def test_two_stages_invariants_and_determinism(tmp_path):
@@ -111,9 +112,7 @@ def test_bad_input(tmp_path, caplog):
     bad.write_text('{"id": "ok", "input_ids": [1, 2]}\n{"no_id": 1}\n{"id": "empty"}\n')
     with caplog.at_level("WARNING", logger="adaptinf_fast"):
         store = PoolStore(tmp_path / "p2", create=True)
-        from adaptinf_fast.lifelong import Stage
-
-        Stage(store, StageConfig(stage=1, data=str(bad), source="x", pool_budget=1)).run(steps=("add",))
+        run_steps(StageConfig(stage=1, data=str(bad), source="x", pool_budget=1), Context(store), ("add",), POOL_STEPS)
     rec = json.loads((store.stage_dir(1) / "record.json").read_text())["add"]
     assert rec["added"] == 1 and len(rec["skipped"]) == 2 and "skipped 'empty'" in caplog.text
     few = tmp_path / "few.npz"
@@ -129,19 +128,26 @@ def test_bad_input(tmp_path, caplog):
     rec = run_stage(tmp_path / "p5", over)
     assert rec["select"]["selected"] == 120 and "capped" in rec["select"]["note"]
     with pytest.raises(ValueError, match="method is 'best'(.|\n)*pool_budget"):
-        StageConfig(stage=1, method="best", pool_budget=None).validate()  # all errors, before any work
+        StageConfig(stage=1, method="best", prune="budget")  # all errors, before any work
 
 
 def test_config_file_errors_before_any_work(tmp_path):
     make_data(tmp_path)
     cfg = tmp_path / "stages.yaml"
-    cfg.write_text(f"pool: {tmp_path / 'pool'}\nk: 4\nfeatures_from: {tmp_path / 'features.npz'}\npool_budget: 150\n"
-                   f"stages:\n  - {{stage: 1, data: {tmp_path / 'taskA.jsonl'}, source: taskA, budget: 40}}\n"
-                   f"  - {{stage: 2, data: {tmp_path / 'missing.jsonl'}, source: taskB, budget: 40}}\n")
-    with pytest.raises(ValueError, match="missing.jsonl does not exist"):
-        load_config(cfg)
+    npz = tmp_path / "features.npz"
+    cfg.write_text(f"pool: {tmp_path / 'pool'}\nselection: {{k: 4, pool_budget: 150}}\n"
+                   f"stages:\n  - {{stage: 1, data: {tmp_path / 'taskA.jsonl'}, source: taskA, features_from: {npz}, "
+                   f"selection: {{budget: 40}}}}\n"
+                   f"  - {{stage: 2, data: {tmp_path / 'missing.jsonl'}, source: taskB, features_from: {npz}, "
+                   f"selection: {{budget: 40, budgett: 3}}}}\n")
+    with pytest.raises(ValueError, match="stages.1(.|\n)*budgett(.|\n)*") as err:
+        load_stage_config(cfg)
+    assert "missing.jsonl does not exist" in str(err.value) or "budgett" in str(err.value)
     assert cli.main(["stage", "--config", str(cfg)]) == 2
     assert not (tmp_path / "pool").exists(), "stage 1 must not run when stage 2's config is wrong"
+    cfg.write_text(cfg.read_text().replace("budgett: 3", "k: 4"))
+    with pytest.raises(ValueError, match="stages.1: data file .*missing.jsonl does not exist"):
+        load_stage_config(cfg)
     cfg.write_text(cfg.read_text().replace("missing.jsonl", "taskB.jsonl"))
     assert cli.main(["stage", "--config", str(cfg)]) == 0
     assert PoolStore(tmp_path / "pool").counts()["pruned"] == 60
@@ -169,29 +175,59 @@ def test_flat_cli_commands(tmp_path, capsys):
     assert len(list((tmp_path / "pool" / "plots").glob("*.png"))) == 4
 
 
+def test_flat_stage_config_still_loads_with_a_deprecation_note(tmp_path):
+    make_data(tmp_path)
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(f"k: 4\nfeatures_from: {tmp_path / 'features.npz'}\npool_budget: 150\nbudget: 40\nseed: 3\n"
+                    f"stages:\n  - {{stage: 1, data: {tmp_path / 'taskA.jsonl'}, source: taskA, budget: 30}}\n")
+    with pytest.warns(DeprecationWarning, match="flat stage config"):
+        _, (cfg,) = load_stage_config(flat)
+    assert (cfg.k, cfg.pool_budget, cfg.budget, cfg.seed, cfg.features_from) == (4, 150, 30, 3, str(tmp_path / "features.npz"))
+
+
 KILL_POINTS = ["add:artifacts", "features:start", "cluster:artifacts", "select:artifacts", "prune:artifacts"]
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path):
-    make_data(tmp_path)
-    cfg = tmp_path / "stages.yaml"
-    cfg.write_text(f"k: 4\nfeatures_from: {tmp_path / 'features.npz'}\npool_budget: 150\nbudget: 40\nseed: 3\n"
-                   f"scores: [ppl, el2n, entropy, grand]\n"
-                   f"stages:\n  - {{stage: 1, data: {tmp_path / 'taskA.jsonl'}, source: taskA}}\n"
-                   f"  - {{stage: 2, data: {tmp_path / 'taskB.jsonl'}, source: taskB}}\n")
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    """A stage config, the command that runs it, and the pool an uninterrupted run leaves."""
+    tmp = tmp_path_factory.mktemp("resume")
+    make_data(tmp)
+    cfg = tmp / "stages.yaml"
+    cfg.write_text(f"seed: 3\nselection: {{k: 4, pool_budget: 150, budget: 40, scores: [ppl, el2n, entropy, grand]}}\n"
+                   f"stages:\n  - {{stage: 1, data: {tmp / 'taskA.jsonl'}, source: taskA, features_from: {tmp / 'features.npz'}}}\n"
+                   f"  - {{stage: 2, data: {tmp / 'taskB.jsonl'}, source: taskB, features_from: {tmp / 'features.npz'}}}\n")
     base = [sys.executable, "-m", "adaptinf_fast.cli", "stage", "--config", str(cfg), "--pool"]
     env = {k: v for k, v in os.environ.items() if k != "ADAPTINF_FAULT"}
-    subprocess.run(base + [str(tmp_path / "clean")], check=True, env=env, capture_output=True)
-    want = snapshot(tmp_path / "clean")
-    for point in KILL_POINTS:
-        pool = tmp_path / point.replace(":", "-")
-        killed = subprocess.run(base + [str(pool)], env={**env, "ADAPTINF_FAULT": point}, capture_output=True)
-        assert killed.returncode == -9, (point, killed.stderr.decode()[-500:])
-        resumed = subprocess.run(base + [str(pool)], env=env, capture_output=True)
-        assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
-        got = snapshot(pool)
-        assert got.keys() == want.keys(), (point, set(got) ^ set(want))
-        assert got == want, point
+    subprocess.run(base + [str(tmp / "clean")], check=True, env=env, capture_output=True)
+    return tmp, base, env, snapshot(tmp / "clean")
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill_and_resume_equals_uninterrupted(clean_run, point):
+    tmp, base, env, want = clean_run
+    pool = tmp / point.replace(":", "-")
+    killed = subprocess.run(base + [str(pool)], env={**env, "ADAPTINF_FAULT": point}, capture_output=True)
+    assert killed.returncode == -9, (point, killed.stderr.decode()[-500:])
+    resumed = subprocess.run(base + [str(pool)], env=env, capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    got = snapshot(pool)
+    assert got.keys() == want.keys(), (point, set(got) ^ set(want))
+    assert got == want, point
+
+
+def test_a_second_process_on_a_busy_pool_stops_at_once(tmp_path):
+    """While another live process holds the pool, a second one stops with a clear error and
+    writes nothing; once the holder is gone the same command works."""
+    make_data(tmp_path)
+    pool = tmp_path / "pool"
+    add = [sys.executable, "-m", "adaptinf_fast.cli", "add", "--pool", str(pool), "--data", str(tmp_path / "taskA.jsonl"),
+           "--source", "taskA"]
+    with lock_held_elsewhere(pool, "pool"):
+        second = subprocess.run(add, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "in use by pid" in second.stderr, second.stderr
+        assert not (pool / "pool.json").exists()
+    assert subprocess.run(add, capture_output=True, timeout=60).returncode == 0
 
 
 def test_features_step_from_a_saved_peft_model(tmp_path):

@@ -10,7 +10,7 @@ from tiny_models import random_rows, tiny_llama
 
 
 def response_accuracy(model, rows):
-    from adaptinf_fast.features.batching import collate
+    from adaptinf_fast.data.encoder import collate
 
     model.eval()
     batch = collate(rows, 0)
@@ -59,10 +59,82 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 
 
 def test_bad_config():
-    with pytest.raises(ValueError, match="invalid training config"):
-        train_lora(tiny_llama(), random_rows(2, torch.Generator()), TrainConfig(batch_size=0), progress=False)
-
-
-def test_bad_precision():
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="precision"):
-        train_lora(tiny_llama(), random_rows(2, torch.Generator()), TrainConfig(precision="fp8"), progress=False)
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="no training items"):
+        train_lora(tiny_llama(), [], TrainConfig(), progress=False)
+
+
+def test_checkpoint_loads_without_unpickling_code(tmp_path):
+    rows = random_rows(4, torch.Generator().manual_seed(1))
+    train_lora(tiny_llama(seed=3), rows, TrainConfig(epochs=1, batch_size=2), ckpt_dir=tmp_path, progress=False)
+    state = torch.load(tmp_path / "train-state.pt", weights_only=True)  # tensors and plain types only
+    assert state["step"] == 2 and state["config"]["batch_size"] == 2
+
+
+def test_gradient_checkpointing_gives_the_same_weights():
+    rows = random_rows(6, torch.Generator().manual_seed(4))
+    cfg = TrainConfig(lr=1e-3, epochs=2, batch_size=3, seed=1)
+    a, b = tiny_llama(seed=5), tiny_llama(seed=5)
+    train_lora(a, rows, cfg, progress=False)
+    train_lora(b, rows, cfg.model_copy(update={"gradient_checkpointing": True}), progress=False)
+    sa, sb = lora_state(a), lora_state(b)
+    assert all(torch.allclose(sa[k], sb[k], rtol=1e-5, atol=1e-7) for k in sa)
+    assert not b.base_model.model.model.gradient_checkpointing  # switched off again after training
+
+
+def test_tensorboard_logs_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    rows = random_rows(4, torch.Generator().manual_seed(2))
+    out = train_lora(tiny_llama(), rows, TrainConfig(epochs=1, batch_size=2, log="tensorboard"), progress=False,
+                     log_dir=tmp_path / "logs")
+    events = list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+    assert out["steps"] == 2 and events and events[0].stat().st_size > 0
+
+
+DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from tiny_models import random_rows, tiny_llama
+from adaptinf_fast.lifelong.train import TrainConfig, train_lora
+dist.init_process_group("gloo")
+model = tiny_llama(seed=2)
+for m in model.modules():  # no dropout: its masks are per process
+    if isinstance(m, torch.nn.Dropout):
+        m.p = 0.0
+rows = random_rows(10, torch.Generator().manual_seed(3))
+out = train_lora(model, rows, TrainConfig(lr=1e-3, epochs=2, batch_size=3, grad_accum=2, seed=5), progress=False)
+if dist.get_rank() == 0:
+    torch.save({{"losses": out["losses"], "weights": {{n: p.detach() for n, p in model.named_parameters() if p.requires_grad}}}},
+               {out!r})
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_equals_one_process(tmp_path):
+    """torchrun --nproc-per-node 2 (gloo, CPU): each micro-batch split across the processes, the
+    token-normalised loss all-reduced — the same weights and losses as one process up to rounding."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "ddp.pt")))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          "29517", str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    model = tiny_llama(seed=2)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    want = train_lora(model, random_rows(10, torch.Generator().manual_seed(3)),
+                      TrainConfig(lr=1e-3, epochs=2, batch_size=3, grad_accum=2, seed=5), progress=False)
+    assert got["losses"] == pytest.approx(want["losses"], rel=1e-5)
+    w = lora_state(model)
+    assert all(torch.allclose(got["weights"][k], w[k], rtol=1e-4, atol=1e-6) for k in w)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..features.batching import ROLES
+from .encoder import ROLES
 
 log = logging.getLogger("adaptinf_fast")
 

@@ -11,52 +11,55 @@ features → clusters → selection → LoRA training → evaluation on every ta
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
+
+from pydantic import Field, model_validator
 
 import numpy as np
 
 from ..data.demo_tasks import TASKS, make_tasks, vocabulary, word_tokenizer
-from ..features.batching import Encoder, encode_many
+from ..data.encoder import Encoder, encode_many
 from ..lifelong.metrics import relative_gain
-from ..lifelong.pool import write_json
-from ..lifelong.run import LifelongRun, LoraSettings, RunConfig, Task, format_matrix
-from ..lifelong.train import TrainConfig, train_lora
+from .._io import atomic_dir, write_json
+from ..lifelong.config import RunConfig, Strict, TrainConfig
+from ..lifelong.run import LifelongRun, Task, format_matrix
+from ..lifelong.train import train_lora
 from .model import tiny_llava
 
 BASELINES = ("random", "full")
 
 
-@dataclass
-class DemoConfig:
-    out: Path = Path("adaptinf-demo")
-    tasks: tuple = TASKS
-    n_train: int = 120
-    n_test: int = 40
-    hidden: int = 64
-    pretrain_epochs: int = 40
-    epochs: int = 30
-    lr: float = 3e-3
-    budget: int = 160
-    pool_budget: int = 240
-    k: int = 10
-    out_dim: int = 1024
-    compare: tuple = ()
-    seed: int = 0
-    rules: str = "adaptinf"
-    progress: bool = True
-    extra: dict = field(default_factory=dict)  # RunConfig overrides (tests)
+class DemoConfig(Strict):
+    """The demo's settings (the CLI's flags), checked like every config."""
 
-    def validate(self) -> None:
+    out: Path = Path("adaptinf-demo")
+    tasks: tuple[str, ...] = TASKS
+    n_train: int = Field(120, ge=1)
+    n_test: int = Field(40, ge=1)
+    hidden: int = Field(64, ge=1)
+    pretrain_epochs: int = Field(40, ge=1)
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    budget: int = Field(160, ge=1)
+    pool_budget: int = Field(240, ge=1)
+    k: int = Field(10, ge=1)
+    out_dim: int = Field(1024, ge=1)
+    compare: tuple[str, ...] = ()
+    seed: int = 0
+    rules: Literal["adaptinf", "release"] = "adaptinf"
+    progress: bool = True
+    extra: dict = Field(default_factory=dict)  # RunConfig sections to override (tests)
+
+    @model_validator(mode="after")
+    def _check(self):
         unknown = set(self.tasks) - set(TASKS)
         if unknown or not self.tasks:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}; got {list(self.tasks)}")
         bad = set(self.compare) - set(BASELINES)
         if bad:
             raise ValueError(f"--compare takes {', '.join(BASELINES)}; got {sorted(bad)}")
-        if min(self.n_train, self.n_test, self.budget, self.pool_budget, self.k) < 1:
-            raise ValueError("n_train, n_test, budget, pool_budget and k must be >= 1")
+        return self
 
 
 def pretrained_base(cfg: DemoConfig, describe: list[dict], tokenizer, say: Callable[[str], None]) -> Callable:
@@ -76,10 +79,11 @@ def pretrained_base(cfg: DemoConfig, describe: list[dict], tokenizer, say: Calla
         train = TrainConfig(lr=cfg.lr, epochs=cfg.pretrain_epochs, batch_size=16, warmup_ratio=0.05, seed=cfg.seed,
                             pad_token_id=tokenizer.pad_token_id, save_every=100)
         res = train_lora(model, items, train, ckpt_dir=cfg.out / "pretrain", progress=cfg.progress)
-        tmp = base_dir.with_name("base.tmp")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.replace(base_dir)
+        def save(folder: Path) -> None:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
+        atomic_dir(base_dir, save)
         say(f"stage 0: pre-trained all {sum(p.numel() for p in model.parameters()):,} weights of the tiny LLaVA on "
             f"{len(items)} captions, {res['steps']} steps, loss {res['losses'][0]:.2f} → {res['losses'][-1]:.3f} "
             f"({time.perf_counter() - t0:.1f} s)")
@@ -98,15 +102,18 @@ def pretrained_base(cfg: DemoConfig, describe: list[dict], tokenizer, say: Calla
 
 def run_config(cfg: DemoConfig, method: str) -> RunConfig:
     baseline = method in BASELINES
-    doc = dict(method=method, k=cfg.k, budget=cfg.budget, pool_budget=None if baseline else cfg.pool_budget,
-               layers="all", out_dim=cfg.out_dim, feature_batch_size=32, lora=LoraSettings(r=8, alpha=16, dropout=0.05),
-               train=TrainConfig(lr=cfg.lr, epochs=cfg.epochs, batch_size=16, warmup_ratio=0.05, seed=cfg.seed),
-               scorer="exact_match", max_new_tokens=4, seed=cfg.seed, rules=cfg.rules)
-    return RunConfig(**{**doc, **cfg.extra})
+    doc = {"seed": cfg.seed, "features": {"layers": "all", "out_dim": cfg.out_dim, "batch_size": 32},
+           "selection": {"method": method, "k": cfg.k, "budget": cfg.budget, "rules": cfg.rules,
+                         "pool_budget": None if baseline else cfg.pool_budget},
+           "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
+           "train": {"lr": cfg.lr, "epochs": cfg.epochs, "batch_size": 16, "warmup_ratio": 0.05, "seed": cfg.seed},
+           "eval": {"scorer": "exact_match", "max_new_tokens": 4}}
+    for section, values in cfg.extra.items():
+        doc[section] = {**doc.get(section, {}), **values}
+    return RunConfig.model_validate(doc)
 
 
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
-    cfg.validate()
     t_start = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
     data = make_tasks(cfg.out / "tasks", n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
@@ -140,7 +147,7 @@ def compare(results: dict[str, dict], cfg: DemoConfig) -> dict:
         row["relative_gain"] = {b: relative_gain(a, np.array(results[b]["accuracy"])) for b in results if b != method}
         runs[method] = row
     first = next(iter(results.values()))
-    return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    return {"config": cfg.model_dump(mode="json"),
             "tasks": first["tasks"], "chance": first["chance"], "runs": runs}
 
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from .._io import progress_bar
 from .. import KMeans, cluster_max_similarity, project, prune_to_budget, semdedup_order
 
 
@@ -60,7 +60,7 @@ def run(cfg: DemoConfig, out_dir: Path | None = None) -> dict:
 
     t0 = time.perf_counter()
     feats = torch.zeros(n, cfg.out_dim)
-    for r0 in tqdm(range(0, n, cfg.batch), desc="project", unit="batch"):
+    for r0 in progress_bar(range(0, n, cfg.batch), desc="project", unit="batch"):
         project(x[r0 : r0 + cfg.batch], cfg.out_dim, seed=cfg.seed, out=feats[r0 : r0 + cfg.batch])
     feats = torch.nn.functional.normalize(feats, dim=1)
     tick("project", t0)

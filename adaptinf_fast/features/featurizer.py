@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from .._io import progress_bar
+from ..data.encoder import Encoder, collate, encode_many
 from ..ops.projection import project
 from ..ops.projection.linear_grads import project_linear_grads
-from .batching import Encoder, collate, encode_many
 from .capture import Capture, grads_enabled_on
 from .featureset import FeatureSet
 from .gradbuffer import DEFAULT_SAMPLES, GradientBuffer, default_capacity
@@ -52,6 +52,7 @@ class GradientFeaturizer:
             parameter names (``model.named_parameters()``) to ``{"exp_avg", "exp_avg_sq"}`` (optional
             keys ``"betas"``, ``"eps"``). Needs the dense mode.
         tokenizer: for LLaVA-style conversation records (HF tokenizer). image_root: folder of images.
+        image_processor: the model's image processor (see ``Encoder.for_model``); default our resize.
         max_length: longest sequence; longer ones are truncated (counted in the log) or, with
             ``on_overflow="error"``, reported and skipped.
         backend: projection backend.
@@ -73,7 +74,7 @@ class GradientFeaturizer:
                  optimizer_state: Any = None, kind: str = "rademacher", tokenizer: Any = None,
                  image_root: str | Path | None = None, max_length: int | None = None,
                  on_overflow: str = "truncate", backend: str = "auto", project_samples: int = DEFAULT_SAMPLES,
-                 project_memory: int | None = None, rules: str = "adaptinf"):
+                 project_memory: int | None = None, rules: str = "adaptinf", image_processor: Any = None):
         if rules not in RULES:
             raise ValueError(f"rules is {rules!r}; expected one of {RULES}")
         self.rules = rules
@@ -104,7 +105,7 @@ class GradientFeaturizer:
         self.total_rows = offset
         self._adam = self._adam_state(optimizer_state) if optimizer_state is not None else None
         self.encoder = Encoder.for_model(model, tokenizer, image_root=image_root, max_length=max_length,
-                                         on_overflow=on_overflow)
+                                         on_overflow=on_overflow, image_processor=image_processor)
 
     # -- configuration ---------------------------------------------------------------------------
     @property
@@ -323,8 +324,8 @@ class GradientFeaturizer:
         shards: dict[int, FeatureSet] = {}
         truncated_before = self.encoder.truncated
         todo = sorted(mine - done)
-        bar = tqdm(total=sum(min(shard_batches, n_batches - s * shard_batches) for s in todo),
-                   desc=f"features[{rank}]" if world > 1 else "features", unit="batch", disable=not progress)
+        bar = progress_bar(total=sum(min(shard_batches, n_batches - s * shard_batches) for s in todo),
+                   desc=f"features[{rank}]" if world > 1 else "features", unit="batch", progress=progress)
 
         def finish(s: int, entry) -> None:
             fs = self._shard(entry)

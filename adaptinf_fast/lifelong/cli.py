@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .._io import FolderLock
+from .config import StageConfig, load_stage_config
 from .pool import STATUSES, PoolStore
-from .stage import STEPS, Stage, StageConfig, load_config, read_config, run_stage
+from .steps import POOL_STEPS, STEPS, Context, StageDir, run_stage, run_steps
 
 
 def add_parsers(sub) -> None:
@@ -29,7 +31,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--model", help="saved PEFT adapter folder (base model and tokenizer found locally)")
     p.add_argument("--layers", default="last", help="'last', 'all' or comma-separated decoder-layer indices")
     p.add_argument("--out-dim", type=int, default=8192)
-    p.add_argument("--batch-size", dest="feature_batch_size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8)
     p = pool_cmd("cluster", "spherical k-means pseudo-skills on the features")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--elbow", default=None, help="comma-separated K values: print inertia per K and write "
@@ -72,49 +74,52 @@ def run(args) -> int:
             print(path)
         return 0
     if cmd == "stage":
-        cfgs = load_config(args.config)  # every stage validated before any work
-        pool_dir = args.pool or read_config(args.config).get("pool")
+        pool_dir, cfgs = load_stage_config(args.config)  # every stage validated before any work
+        pool_dir = args.pool or pool_dir
         if pool_dir is None:
             raise ValueError("no pool directory: pass --pool or set 'pool' in the config")
         for cfg in cfgs:
-            rec = run_stage(pool_dir, cfg)
+            rec = run_stage(pool_dir, cfg, progress=not getattr(args, "no_progress", False))
             print(json.dumps({"stage": cfg.stage, **{k: v for k, v in rec.items() if k != "stage"}}))
         return 0
-    pool = PoolStore(args.pool, create=(cmd == "add"))
+    if cmd != "add":
+        PoolStore(args.pool)  # a clear error for a folder that is not a pool, before locking it
+    with FolderLock(args.pool, "pool"):  # a second process on the pool stops here
+        return _pool_step(PoolStore(args.pool, create=(cmd == "add")), cmd, args)
+
+
+def _pool_step(pool: PoolStore, cmd: str, args) -> int:
     t = args.stage if args.stage is not None else _current_stage(pool, cmd)
     if cmd == "cluster" and args.elbow:
         from ..ops.kmeans import elbow, format_elbow, plot_elbow
 
         if not pool.state.finished(t, "features"):
             raise RuntimeError(f"stage {t}: run 'features' before the elbow")
-        rows = elbow(Stage(pool, StageConfig(stage=t)).features().features, [int(k) for k in args.elbow.split(",")],
-                     seed=args.seed)
+        rows = elbow(StageDir(pool, t).features().features, [int(k) for k in args.elbow.split(",")], seed=args.seed)
         print(format_elbow(rows))
         print(plot_elbow(rows, pool.stage_dir(t) / "elbow.png"))
         return 0
-    fields = {k: getattr(args, k) for k in ("data", "source", "features_from", "model", "out_dim",
-                                            "feature_batch_size", "k", "budget", "method", "seed", "rules") if hasattr(args, k)}
+    fields = {k: getattr(args, k) for k in ("data", "source", "features_from", "model", "out_dim", "batch_size",
+                                            "k", "budget", "method", "seed", "rules") if hasattr(args, k)}
     if hasattr(args, "layers"):
         fields["layers"] = args.layers if args.layers in ("last", "all") else [int(i) for i in args.layers.split(",")]
     if cmd == "prune":
         fields.update(prune="budget" if args.pool_budget is not None else "threshold",
                       pool_budget=args.pool_budget, eps=args.eps if args.eps is not None else 0.05)
-    elif getattr(args, "eps", None) is not None:
-        fields["eps"] = args.eps
+    elif cmd == "select" and args.rules == "release" and args.pool_budget is not None:
+        fields.update(prune="budget", pool_budget=args.pool_budget, eps=args.eps)
+    else:
+        fields.update(prune="none")
+        if getattr(args, "eps", None) is not None:
+            fields["eps"] = args.eps
     cfg = StageConfig(stage=t, **fields)
-    if cmd == "select" and args.rules == "release" and args.pool_budget is not None:
-        cfg.prune, cfg.pool_budget = "budget", args.pool_budget
-    elif cmd != "prune":
-        cfg.prune = "none"
-    cfg.validate()
     if pool.state.finished(t, cmd):
         if not args.resume:
             raise RuntimeError(f"stage {t}: {cmd} is already done (pass --resume to skip it)")
         print(f"stage {t}: {cmd} already done")
         return 0
-    Stage(pool, cfg).run(steps=(cmd,))
-    rec = json.loads((pool.stage_dir(t) / "record.json").read_text())
-    print(json.dumps({"stage": t, cmd: rec.get(cmd)}))
+    run_steps(cfg, Context(pool), steps=(cmd,), plan=POOL_STEPS)
+    print(json.dumps({"stage": t, cmd: StageDir(pool, t).record().get(cmd)}))
     return 0
 
 
@@ -128,8 +133,12 @@ def status(pool: PoolStore) -> int:
         print(f"  added at stage {t}: " + ", ".join(f"{s} {c[s]}" for s in STATUSES))
     for t in sorted(int(k) for k in pool.state.done):
         done = pool.state.done[str(t)]
-        print(f"stage {t}: done {', '.join(done)}" + (f"; next {next(s for s in STEPS if s not in done)}"
-                                                     if len(done) < len(STEPS) else ""))
+        if t == 0:
+            print(f"stage 0 (before any stage): done {', '.join(done)}")
+            continue
+        plan = STEPS if "train" in done or "evaluate" in done else POOL_STEPS
+        left = [s for s in plan if s not in done]
+        print(f"stage {t}: done {', '.join(done)}" + (f"; next {left[0]}" if left else ""))
         path = pool.stage_dir(t) / "record.json"
         rec = json.loads(path.read_text()) if path.exists() else {}
         if "sizes" in rec.get("cluster", {}):

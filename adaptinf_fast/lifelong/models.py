@@ -1,13 +1,18 @@
-"""Loading a saved PEFT adapter (and its base model and tokenizer) from local folders only."""
+"""Loading base models, tokenizers and saved PEFT adapters from local folders only."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Callable
+
+from ..data.encoder import image_processor_for
+
+LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def load_peft_model(adapter_dir: str | Path, tokenizer_dir: str | Path | None = None):
-    """(PeftModel, tokenizer or None) from ``adapter_dir`` (``PeftModel.save_pretrained`` output);
+    """(PeftModel, tokenizer or None, image processor or None) from ``adapter_dir`` (``PeftModel.save_pretrained`` output);
     the base model is read from the adapter's ``base_model_name_or_path`` (a local folder: nothing
     is downloaded). LLaVA bases load as ``LlavaForConditionalGeneration``, others as causal LMs."""
     from peft import PeftModel
@@ -28,4 +33,30 @@ def load_peft_model(adapter_dir: str | Path, tokenizer_dir: str | Path | None = 
         if folder is not None and any((Path(folder) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             break
-    return model, tokenizer
+    return model, tokenizer, image_processor_for(base)
+
+
+def base_loader(model: dict) -> Callable[[], tuple[Any, Any]]:
+    """A loader of (base model (LLaVA or causal LM), tokenizer, image processor or None) from
+    ``ModelSettings`` (as a dict)."""
+
+    def load():
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlavaForConditionalGeneration
+
+        import os
+
+        device = model.get("device", "auto")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda":  # one GPU per process under torchrun / accelerate launch
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+        dtype = getattr(torch, model.get("dtype") or ("bfloat16" if device == "cuda" else "float32"))
+        config = AutoConfig.from_pretrained(model["base"], local_files_only=True)
+        cls = LlavaForConditionalGeneration if config.model_type == "llava" else AutoModelForCausalLM
+        net = cls.from_pretrained(model["base"], local_files_only=True, dtype=dtype).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(model.get("tokenizer") or model["base"], local_files_only=True)
+        return net, tokenizer, image_processor_for(model["base"])
+
+    return load

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from ..selection import ccs_bins  # noqa: E402
 from .pool import PoolStore  # noqa: E402
-from .stage import Stage, StageConfig  # noqa: E402
+from .steps import StageDir  # noqa: E402
 
 
 def write_plots(pool_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
@@ -40,8 +40,8 @@ def write_plots(pool_dir: str | Path, out_dir: str | Path | None = None) -> list
             ax.set_yticks(range(len(names)), names)
             ax.set(xlabel="cluster", title=f"stage {t}: chosen selector per cluster")
             written.append(_save(fig, out / f"stage-{t:03d}-selectors.png"))
-            stage = Stage(pool, StageConfig(stage=t))
-            fs, labels = stage.features(), stage.labels()
+            sd = StageDir(pool, t)
+            fs, labels = sd.features(), sd.labels()
             clusters = list(selectors)
             fig, axes = plt.subplots(len(clusters), 1, figsize=(6, 1.6 * len(clusters)), squeeze=False)
             for ax, c in zip(axes[:, 0], clusters):

@@ -6,7 +6,8 @@ Layout::
     manifest-<stage>-<step>.jsonl one row per sample that ever entered: id, source, stage_added,
                                  status ("pool" | "selected" | "pruned"), status_stage, reason, times_selected
     data/<source>-<stage>.jsonl  the records as added
-    stages/stage-<t>/            artifacts of each step (features .npy, labels, selection, pruning, record)
+    stages/stage-<t>/            artifacts of each step (``steps.StageDir``: features .npy, labels,
+                                 selection, adapter, evaluation, pruning, record)
 
 A step writes its artifacts and, if the manifest changes, a new manifest file (each atomically:
 temp file, fsync, rename), then commits by atomically replacing ``pool.json``. A run killed at
@@ -21,29 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..features.featureset import atomic_write
+from .._io import read_jsonl, write_json, write_jsonl
 
 STATUSES = ("pool", "selected", "pruned")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=True).encode()))
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    atomic_write(path, lambda f: f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-    return rows
 
 
 @dataclass
@@ -67,6 +48,11 @@ class PoolStore:
                 raise FileNotFoundError(f"{self.root} is not a pool (no pool.json); create it with `adaptinf-fast add`")
             self.root.mkdir(parents=True, exist_ok=True)
             write_json(state_file, {"version": 1, **PoolState().__dict__})
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read the committed state (another process may have committed since)."""
+        state_file = self.root / "pool.json"
         doc = json.loads(state_file.read_text())
         if doc.get("version") != 1:
             raise ValueError(f"{state_file}: unsupported pool version {doc.get('version')}")

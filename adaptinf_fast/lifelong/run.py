@@ -1,123 +1,64 @@
-"""The whole lifelong loop (DESIGN §2), resumable: for every stage, on one pool directory,
-add → features → cluster → select (``stage.py``) → train (``train.py``) → evaluate on every task
-(``evaluate.py``) → prune; then the accuracy matrix, its metrics (``metrics.py``) and plots.
+"""The whole lifelong loop (DESIGN §2), resumable: a loop over tasks, each one stage of steps
+(``steps.py``: add → features → cluster → select → train → evaluate → prune) on one pool, then the
+accuracy matrix, its metrics (``metrics.py``) and plots.
 
 Layout of a run folder::
 
     run.json                 the configuration
+    .lock                    held while a process works here (a second one stops at once)
     data/<task>-train.jsonl  validated records, image paths made absolute
-    pool/                    the PoolStore (manifest, per-stage features, clusters, selection, pruning)
-    adapters/stage-NNN/      the LoRA adapter after stage NNN (stage-000: before any stage)
-    train/stage-NNN/         the training checkpoint of a stage (a killed run resumes from it)
-    eval/stage-NNN.json      scores on every task after stage NNN (row NNN of the matrix)
+    pool/                    the PoolStore; pool/stages/stage-NNN/ holds everything stage NNN wrote:
+                             features, clusters, selection.json, train-ckpt/, adapter/ (the LoRA
+                             adapter after the stage), eval.json (scores on every task: row NNN of
+                             the matrix), prune.json, record.json; stage-000: the adapter and the
+                             evaluation before any stage
     accuracy.json/.png       the matrix, metrics, relative gains vs ``baselines`` (other run folders)
     plots/, summary.json     the pool's plots; per-stage table, matrix, metrics, chance levels
 
-Every artifact is written atomically and marks its step done, so a killed run started again with the
-same arguments continues where it stopped and ends with the same adapters, pool and scores.
+Every step commits through ``pool.json``, so a killed run started again with the same arguments
+continues at the first uncommitted step and ends with the same adapters, pool and scores.
+Launched with ``torchrun``/``accelerate launch``, every process runs the loop: features, training
+(DDP) and evaluation are split across them, rank 0 writes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from .._io import FolderLock, atomic_dir, write_json, write_jsonl
+from ..data.encoder import Encoder, encode_many
 from ..data.llava import read_llava_json, validate_records
-from ..features.batching import Encoder, encode_many
-from .evaluate import SCORERS, evaluate, normalize_answer
+from .config import RunConfig, StageConfig
+from .evaluate import evaluate, normalize_answer
 from .metrics import plot_matrix, save_matrix
-from .pool import PoolStore, write_json, write_jsonl
-from .stage import SCORE_NAMES, Stage, StageConfig
-from .train import TrainConfig, train_lora
+from .pool import PoolStore
+from .steps import STEPS, Context, StageDir, run_steps
+from .train import train_lora
 
 log = logging.getLogger("adaptinf_fast")
-POOL_STEPS = ("add", "features", "cluster", "select")
-LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
 class Task:
     """One stage's dataset: LLaVA records (a list, a ``datasets.Dataset`` or a JSON/JSONL path) for
     training and testing, with ``images`` the folder their image paths are relative to.
-    ``overrides``: StageConfig fields for this stage only (e.g. ``budget``, ``k``, ``pool_budget``)."""
+    ``overrides``: selection settings for this stage only (e.g. ``budget``, ``k``, ``pool_budget``)."""
 
     name: str
     train: Any
     test: Any = None
     images: str | None = None
     overrides: dict = field(default_factory=dict)
-
-
-@dataclass
-class LoraSettings:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: Any = None  # default: the language model's attention and MLP projections
-
-    def peft_config(self, model):
-        from peft import LoraConfig
-
-        targets = self.target_modules
-        if targets is None:
-            is_llava = getattr(model.config, "model_type", "") == "llava"
-            names = "|".join(LLM_PROJECTIONS)
-            targets = rf".*language_model.*\.({names})" if is_llava else list(LLM_PROJECTIONS)
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
-                          task_type=None)
-
-
-@dataclass
-class RunConfig:
-    """Selection (``method`` .. ``eps``: see ``StageConfig``; ``pool_budget=None`` keeps the pool
-    unpruned), features, LoRA, training, evaluation (``scorer`` name, ``eval_limit`` test records
-    per task) and the seed of everything."""
-
-    method: str = "adaptinf"
-    k: int = 10
-    budget: int = 1000
-    pool_budget: int | None = None
-    prune: str | None = None  # default: "budget" with a pool_budget, else "none"
-    eps: float = 0.05
-    scores: list = field(default_factory=lambda: list(SCORE_NAMES))
-    layers: Any = "last"
-    out_dim: int = 8192
-    feature_batch_size: int = 8
-    max_length: int | None = None
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    scorer: str = "exact_match"
-    max_new_tokens: int = 16
-    eval_limit: int | None = None
-    seed: int = 0
-    rules: str = "adaptinf"
-
-    def stage_config(self, t: int, task: Task, data: Path) -> StageConfig:
-        prune = self.prune or ("budget" if self.pool_budget is not None else "none")
-        cfg = StageConfig(stage=t, data=str(data), source=task.name, layers=self.layers, out_dim=self.out_dim,
-                          feature_batch_size=self.feature_batch_size, max_length=self.max_length, k=self.k,
-                          method=self.method, budget=self.budget, scores=list(self.scores), prune=prune,
-                          pool_budget=self.pool_budget, eps=self.eps, seed=self.seed, rules=self.rules)
-        unknown = set(task.overrides) - set(StageConfig.__dataclass_fields__) - {"stage", "data", "source"}
-        if unknown:
-            raise ValueError(f"task {task.name!r}: unknown stage settings {sorted(unknown)}")
-        return replace(cfg, **task.overrides)
-
-    def validate(self) -> None:
-        self.train.validate()
-        if self.scorer not in SCORERS:
-            raise ValueError(f"scorer is {self.scorer!r}; expected one of {sorted(SCORERS)}")
-        if self.eval_limit is not None and self.eval_limit < 1:
-            raise ValueError(f"eval_limit is {self.eval_limit}; expected >= 1 or None")
 
 
 def _records(src: Any, images: str | None, what: str) -> list[dict]:
@@ -147,17 +88,32 @@ def chance_level(records: Sequence[dict]) -> float:
     return max(answers.values()) / len(records) if records else float("nan")
 
 
+def chance_level(records: Sequence[dict]) -> float:
+    """Accuracy of the best constant answer on ``records`` (the majority answer's share)."""
+    answers = Counter(normalize_answer(r["conversations"][-1]["value"]) for r in records)
+    return max(answers.values()) / len(records) if records else float("nan")
+
+
+def _init_distributed():
+    """The process group of a ``torchrun``/``accelerate launch`` job (gloo on CPU), or None."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+
+
 class LifelongRun:
     """Run (or resume) the lifelong loop in ``out_dir`` over ``tasks`` (one stage each).
 
-    ``load_base()`` returns ``(model, tokenizer)``: the base model (a causal LM or
-    ``LlavaForConditionalGeneration``, frozen here) and its tokenizer; a LoRA adapter is added
-    (``cfg.lora``, or ``adapter``: a saved PEFT adapter folder to start from) and carried over
-    from stage to stage.
+    ``load_base()`` returns ``(model, tokenizer)`` or ``(model, tokenizer, image_processor)``: the
+    base model (a causal LM or ``LlavaForConditionalGeneration``, frozen here), its tokenizer and,
+    when the model folder has one, its image processor. A LoRA adapter is added (``cfg.lora``, or
+    ``adapter``: a saved PEFT adapter folder to start from) and carried over from stage to stage.
     """
 
     def __init__(self, out_dir: str | Path, tasks: Sequence[Task], cfg: RunConfig,
-                 load_base: Callable[[], tuple[Any, Any]], *, adapter: str | Path | None = None,
+                 load_base: Callable[[], tuple], *, adapter: str | Path | None = None,
                  baselines: dict[str, str | Path] | None = None, progress: bool = True,
                  say: Callable[[str], None] = print):
         if not tasks:
@@ -165,48 +121,51 @@ class LifelongRun:
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique; got {names}")
-        cfg.validate()
         self.out, self.tasks, self.cfg, self.load_base = Path(out_dir), list(tasks), cfg, load_base
         self.adapter, self.progress, self.say = adapter, progress, say
         self.baselines = {name: Path(d) for name, d in (baselines or {}).items()}
         for name, d in self.baselines.items():
             if not (d / "accuracy.json").exists():
                 raise FileNotFoundError(f"baseline {name!r}: {d} holds no accuracy.json (a finished run folder)")
+        for t, task in enumerate(self.tasks, 1):  # every stage's settings checked before any work
+            cfg.stage_config(t, task.name, None, task.overrides)
+        self.dist, self.rank, self.image_processor = None, 0, None
 
     # -- set-up ------------------------------------------------------------------------------------
     def _prepare(self) -> dict[str, list[dict]]:
-        """Validate every task's data up front; write the training records for the pool."""
-        self.out.mkdir(parents=True, exist_ok=True)
-
+        """Validate every task's data up front; rank 0 writes the training records for the pool."""
         def source(data: Any) -> str:
             return str(data) if isinstance(data, (str, Path)) else f"{len(data or [])} records in memory"
 
-        doc = {"tasks": [{"name": t.name, "train": source(t.train), "test": source(t.test), "images": t.images,
-                          "overrides": t.overrides} for t in self.tasks], "config": asdict(self.cfg)}
-        write_json(self.out / "run.json", doc)
         tests = {}
         for task in self.tasks:
-            path = self._train_file(task)
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_jsonl(path, _records(task.train, task.images, f"task {task.name!r} train"))
             if task.test is None:
                 raise ValueError(f"task {task.name!r} has no test records: the accuracy matrix needs every task's score")
-            tests[task.name] = _records(task.test, task.images, f"task {task.name!r} test")[: self.cfg.eval_limit]
-        for t, task in enumerate(self.tasks, 1):
-            self.cfg.stage_config(t, task, self._train_file(task)).validate()
+            tests[task.name] = _records(task.test, task.images, f"task {task.name!r} test")[: self.cfg.eval.limit]
+        if self.rank == 0:
+            doc = {"tasks": [{"name": t.name, "train": source(t.train), "test": source(t.test), "images": t.images,
+                              "overrides": t.overrides} for t in self.tasks], "config": self.cfg.model_dump()}
+            write_json(self.out / "run.json", doc)
+            for task in self.tasks:
+                path = self._train_file(task)
+                if not path.exists():
+                    write_jsonl(path, _records(task.train, task.images, f"task {task.name!r} train"))
+        self._barrier()
         return tests
 
     def _train_file(self, task: Task) -> Path:
         return self.out / "data" / f"{task.name}-train.jsonl"
 
-    def _adapter_dir(self, t: int) -> Path:
-        return self.out / "adapters" / f"stage-{t:03d}"
+    def _barrier(self) -> None:
+        if self.dist:
+            self.dist.barrier()
 
     def _model(self):
         from peft import PeftModel, get_peft_model
 
-        base, tokenizer = self.load_base()
+        loaded = self.load_base()
+        base, tokenizer = loaded[0], loaded[1]
+        self.image_processor = loaded[2] if len(loaded) > 2 else None
         for p in base.parameters():
             p.requires_grad_(False)
         if self.adapter is not None:
@@ -214,95 +173,112 @@ class LifelongRun:
         else:
             torch.manual_seed(self.cfg.seed)  # the initial adapter is a function of the seed
             model = get_peft_model(base, self.cfg.lora.peft_config(base))
-        if not self._adapter_dir(0).exists():
-            self._save_adapter(model, 0)
         return model, tokenizer
 
-    def _save_adapter(self, model, t: int) -> None:
-        final = self._adapter_dir(t)
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tmp.replace(final)  # the rename marks the adapter (and the stage's training) done
+    def _save_adapter(self, model, sd: StageDir) -> None:
+        if self.rank == 0:
+            atomic_dir(sd.adapter, model.save_pretrained)  # the rename marks the adapter complete
+        self._barrier()
 
-    def _load_adapter(self, model, t: int) -> None:
+    def _load_adapter(self, model, sd: StageDir) -> None:
         from peft.utils import load_peft_weights, set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(model, load_peft_weights(str(self._adapter_dir(t))))
+        result = set_peft_model_state_dict(model, load_peft_weights(str(sd.adapter)))
         missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
         if missing:
-            raise RuntimeError(f"{self._adapter_dir(t)} does not match the model: {len(missing)} LoRA weights missing")
+            raise RuntimeError(f"{sd.adapter} does not match the model: {len(missing)} LoRA weights missing")
 
-    # -- steps of a stage ------------------------------------------------------------------------
-    def _featurizer(self, model, tokenizer, stage: Stage):
+    # -- what the model-side steps do ----------------------------------------------------------------
+    def _context(self, pool: PoolStore, model, tokenizer, encoder: Encoder, tests: dict) -> Context:
         from ..features import GradientFeaturizer
 
         c = self.cfg
-        fz = GradientFeaturizer(model, layers=c.layers, out_dim=c.out_dim, seed=c.seed, scores=c.scores,
-                                tokenizer=tokenizer, max_length=c.max_length, rules=c.rules)
-        return lambda records: fz.extract(records, batch_size=c.feature_batch_size, out_dir=stage.dir / "feature-shards",
-                                          progress=self.progress)
 
-    def _train(self, model, encoder: Encoder, pool: PoolStore, stage: Stage, t: int) -> dict:
-        ids = json.loads((stage.dir / "selection.json").read_text())["ids"]
-        skipped: list = []
-        _, items = encode_many([(r["id"], r) for r in pool.records(ids)], encoder, lambda i, why: skipped.append((i, why)))
-        for item_id, why in skipped:
-            log.warning("train: skipped %r: %s", item_id, why)
-        cfg = replace(self.cfg.train, seed=self.cfg.train.seed + t, pad_token_id=encoder.pad_token_id)
-        res = train_lora(model, items, cfg, ckpt_dir=self.out / "train" / f"stage-{t:03d}", progress=self.progress)
-        return {"samples": len(items), "skipped": len(skipped), "steps": res["steps"],
-                "final_loss": round(res["losses"][-1], 4) if res["losses"] else None}
+        def featurize(sd: StageDir, records: list) -> Any:
+            self._load_adapter(model, StageDir(pool, sd.t - 1))  # the previous stage's adapter
+            cfg = self.stage_configs[sd.t - 1]
+            fz = GradientFeaturizer(model, layers=cfg.layers, out_dim=cfg.out_dim, seed=c.seed, scores=cfg.scores,
+                                    tokenizer=tokenizer, max_length=cfg.max_length, rules=cfg.rules,
+                                    image_processor=self.image_processor)
+            return fz.extract(records, batch_size=cfg.batch_size, out_dir=sd.shards, progress=self.progress)
 
-    def _evaluate(self, model, encoder: Encoder, tests: dict[str, list], t: int) -> dict:
-        path = self.out / "eval" / f"stage-{t:03d}.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        t0 = time.perf_counter()
-        doc: dict[str, Any] = {"stage": t, "scores": {}, "examples": {}}
-        for name, recs in tests.items():
-            res = evaluate(model, encoder, recs, self.cfg.scorer, self.cfg.max_new_tokens, progress=self.progress,
-                           desc=f"evaluate {name}")
-            doc["scores"][name] = res["score"]
-            doc["examples"][name] = res["answers"][:5]
-        doc["seconds"] = round(time.perf_counter() - t0, 3)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, doc)
-        return doc
+        def train(sd: StageDir, cfg: StageConfig) -> dict:
+            self._load_adapter(model, StageDir(pool, sd.t - 1))
+            skipped: list = []
+            _, items = encode_many([(r["id"], r) for r in pool.records(sd.selection())], encoder,
+                                   lambda i, why: skipped.append((i, why)))
+            for item_id, why in skipped:
+                log.warning("train: skipped %r: %s", item_id, why)
+            tc = c.train.model_copy(update={"seed": c.train.seed + sd.t, "pad_token_id": encoder.pad_token_id})
+            res = train_lora(model, items, tc, ckpt_dir=sd.train_ckpt, progress=self.progress,
+                             log_dir=self.out / "logs" / f"stage-{sd.t:03d}")
+            self._save_adapter(model, sd)
+            return {"samples": len(items), "skipped": len(skipped), "steps": res["steps"],
+                    "final_loss": round(res["losses"][-1], 4) if res["losses"] else None}
+
+        def evaluate_step(sd: StageDir, cfg: StageConfig | None = None) -> dict:
+            self._load_adapter(model, sd)
+            t0 = time.perf_counter()
+            doc: dict[str, Any] = {"stage": sd.t, "scores": {}, "examples": {}}
+            for name, recs in tests.items():
+                res = evaluate(model, encoder, recs, c.eval.scorer, c.eval.max_new_tokens, batch_size=c.eval.batch_size,
+                               progress=self.progress, desc=f"evaluate {name}")
+                doc["scores"][name] = res["score"]
+                doc["examples"][name] = res["answers"][:5]
+            doc["seconds"] = round(time.perf_counter() - t0, 3)
+            if self.rank == 0:
+                write_json(sd.eval_json, doc)
+            return {"scores": doc["scores"]}
+
+        return Context(pool, progress=self.progress, featurize=featurize, train=train, evaluate=evaluate_step)
+
+    def _initial(self, ctx: Context, model) -> None:
+        """Stage 0: the starting adapter and its evaluation, committed like any step."""
+        sd = StageDir(ctx.pool, 0)
+        if not ctx.pool.state.finished(0, "train"):
+            self._save_adapter(model, sd)
+            if self.rank == 0:
+                sd.set_record("train", {"initial": str(self.adapter) if self.adapter else "new LoRA adapter"})
+                ctx.pool.commit(0, "train")
+        if not ctx.pool.state.finished(0, "evaluate"):
+            info = ctx.evaluate(sd)
+            if self.rank == 0:
+                sd.set_record("evaluate", info)
+                ctx.pool.commit(0, "evaluate")
+        self._barrier()
+        if self.rank != 0:
+            ctx.pool.reload()
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict:
-        tests = self._prepare()
-        model, tokenizer = self._model()
-        encoder = Encoder.for_model(model, tokenizer, max_length=self.cfg.max_length)
-        pool = PoolStore(self.out / "pool", create=True)
-        self._load_adapter(model, 0)
-        rows = [self._evaluate(model, encoder, tests, 0)]
-        stages = []
-        for t, task in enumerate(self.tasks, 1):
-            stage = Stage(pool, self.cfg.stage_config(t, task, self._train_file(task)), progress=self.progress)
-            if not self._adapter_dir(t).exists():
-                self._load_adapter(model, t - 1)  # features and training start from the previous stage's adapter
-                stage.run(self._featurizer(model, tokenizer, stage), steps=POOL_STEPS)
-                t0 = time.perf_counter()
-                info = self._train(model, encoder, pool, stage, t)
-                stage.record("train", info)
-                stage.timing("train", time.perf_counter() - t0)
-                self._save_adapter(model, t)
-            self._load_adapter(model, t)
-            ev = self._evaluate(model, encoder, tests, t)
-            stage.timing("evaluate", ev["seconds"])
-            stage.run(steps=("prune",))
-            rows.append(ev)
-            stages.append(self._stage_row(stage, task))
-            self.say(format_stage_row(stages[-1], header=len(stages) == 1))
-        return self._finish(rows, stages, tests)
+        self.dist = _init_distributed()
+        self.rank = self.dist.get_rank() if self.dist else 0
+        self.out.mkdir(parents=True, exist_ok=True)
+        with _rank0_lock(self.out, self.dist):
+            tests = self._prepare()
+            self.stage_configs = [self.cfg.stage_config(t, task.name, self._train_file(task), task.overrides)
+                                  for t, task in enumerate(self.tasks, 1)]
+            model, tokenizer = self._model()
+            encoder = Encoder.for_model(model, tokenizer, max_length=self.cfg.features.max_length,
+                                        image_processor=self.image_processor)
+            if self.rank == 0:
+                PoolStore(self.out / "pool", create=True)
+            self._barrier()
+            pool = PoolStore(self.out / "pool")
+            ctx = self._context(pool, model, tokenizer, encoder, tests)
+            self._initial(ctx, model)
+            stages = []
+            for t, (task, cfg) in enumerate(zip(self.tasks, self.stage_configs), 1):
+                run_steps(cfg, ctx, STEPS, STEPS)
+                stages.append(self._stage_row(StageDir(pool, t), task))
+                self.say(format_stage_row(stages[-1], header=len(stages) == 1))
+            rows = [json_file(StageDir(pool, t).eval_json) for t in range(len(self.tasks) + 1)]
+            return self._finish(rows, stages, tests) if self.rank == 0 else {}
 
-    def _stage_row(self, stage: Stage, task: Task) -> dict:
-        rec = json.loads((stage.dir / "record.json").read_text())
-        times = json.loads((stage.dir / "timings.json").read_text())
+    def _stage_row(self, sd: StageDir, task: Task) -> dict:
+        rec, times = sd.record(), sd.timings()
         pool_in = rec["prune"]["pool_after"] + rec["prune"]["pruned"]
-        return {"stage": stage.t, "task": task.name, "added": rec["add"]["added"], "pool": pool_in,
+        return {"stage": sd.t, "task": task.name, "added": rec["add"]["added"], "pool": pool_in,
                 "selected": rec["select"]["selected"], "trained_on": rec.get("train", {}).get("samples"),
                 "pruned": rec["prune"]["pruned"], "pool_after": rec["prune"]["pool_after"],
                 "seconds": {k: times.get(k) for k in ("features", "cluster", "select", "train", "evaluate", "prune")}}
@@ -317,17 +293,51 @@ class LifelongRun:
                 raise ValueError(f"baseline {name!r} ran tasks {other['tasks']}, this run {names}")
             baselines[name] = np.array(other["accuracy"])
         doc = save_matrix(self.out / "accuracy.json", a, names, baselines)
-        plot_matrix(self.out / "accuracy.png", a, names, title=f"{self.cfg.method}: score after each stage")
+        plot_matrix(self.out / "accuracy.png", a, names, title=f"{self.cfg.selection.method}: score after each stage")
         from .plots import write_plots
 
         plots = write_plots(self.out / "pool", self.out / "plots")
-        summary = {"method": self.cfg.method, "tasks": names, "accuracy": a.tolist(), "metrics": doc["metrics"],
+        summary = {"method": self.cfg.selection.method, "tasks": names, "accuracy": a.tolist(), "metrics": doc["metrics"],
                    "relative_gain": doc["relative_gain"],
                    "chance": {n: chance_level(tests[n]) for n in names}, "stages": stages,
                    "trained_samples": sum(s["trained_on"] or 0 for s in stages),
                    "final_pool": stages[-1]["pool_after"], "plots": [str(p) for p in plots] + [str(self.out / "accuracy.png")]}
         write_json(self.out / "summary.json", summary)
         return summary
+
+
+
+
+def json_file(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+class _rank0_lock:
+    """The run folder's lock, held by rank 0; every rank stops if rank 0 cannot take it."""
+
+    def __init__(self, folder: Path, dist):
+        self.lock, self.dist = FolderLock(folder, "run"), dist
+
+    def __enter__(self):
+        err = None
+        if not self.dist or self.dist.get_rank() == 0:
+            try:
+                self.lock.__enter__()
+            except RuntimeError as exc:
+                err = str(exc)
+        if self.dist:
+            box = [err]
+            self.dist.broadcast_object_list(box, src=0)
+            err = box[0]
+        if err is not None:
+            from .._io import FolderBusyError
+
+            raise FolderBusyError(err)
+        return self
+
+    def __exit__(self, *exc):
+        if not self.dist or self.dist.get_rank() == 0:
+            self.lock.__exit__(*exc)
 
 
 def format_stage_row(row: dict, header: bool = False) -> str:

@@ -8,7 +8,7 @@ import torch
 
 from ... import _validate
 from ...backends import resolve
-from ...selection.budget import split_budget
+from ..budget import split_budget
 
 ORDERS = ("hard", "easy", "random", "index")
 

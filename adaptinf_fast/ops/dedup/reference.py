@@ -9,7 +9,8 @@ block plus O(N): never n_c².
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+
+from ..._io import progress_bar
 
 ROW_TILE = 512
 COL_CHUNK = 4096
@@ -56,7 +57,7 @@ def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, 
     best = torch.full((n,), float("-inf"), dtype=torch.float32, device=xn.device)
     arg = torch.full((n,), -1, dtype=torch.int64, device=xn.device)
     spans = cluster_offsets(labels[perm])
-    for start, end in tqdm(spans, desc="max similarity", unit="cluster", disable=not progress, leave=False):
+    for start, end in progress_bar(spans, desc="max similarity", unit="cluster", progress=progress, leave=False):
         for r0 in range(start + 1, end, ROW_TILE):  # the cluster's first sample has no predecessor
             r1 = min(end, r0 + ROW_TILE)
             rows = xs[r0:r1]

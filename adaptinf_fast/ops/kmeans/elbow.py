@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from tqdm.auto import tqdm
+from ..._io import progress_bar
+
 
 
 def elbow(x: Any, ks: Sequence[int], *, metric: str = "cosine", n_init: int = 1, seed: int = 0,
@@ -14,7 +15,7 @@ def elbow(x: Any, ks: Sequence[int], *, metric: str = "cosine", n_init: int = 1,
     from . import KMeans
 
     rows = []
-    for k in tqdm(list(ks), desc="elbow", unit="K", disable=not progress):
+    for k in progress_bar(list(ks), desc="elbow", unit="K", progress=progress):
         km = KMeans(int(k), metric=metric, n_init=n_init, seed=seed, backend=backend).fit(x)
         rows.append({"k": int(k), "inertia": float(km.inertia_), "n_iter": int(km.n_iter_)})
     return rows

@@ -15,7 +15,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from ..._io import progress_bar
 
 # assign(chunk start, x_chunk, centroids, values wanted) -> (labels, values or None)
 Assign = Callable[[int, torch.Tensor, torch.Tensor, bool], "tuple[torch.Tensor, torch.Tensor | None]"]
@@ -178,7 +179,7 @@ def lloyd(data: Data, centers: torch.Tensor, assign: Assign, *, metric: str, max
     labels = torch.full((data.n,), -1, dtype=torch.int64, device=data.device)
     dist = torch.zeros(data.n, dtype=torch.float32, device=data.device)
     n_iter = 0
-    bar = tqdm(total=max_iter, desc="k-means", unit="it", disable=not progress or comm.rank != 0, leave=False)
+    bar = progress_bar(total=max_iter, desc="k-means", unit="it", progress=progress and comm.rank == 0, leave=False)
     for n_iter in range(1, max_iter + 1):
         sums = torch.zeros(k, data.d, dtype=torch.float64, device=data.device)
         counts = torch.zeros(k, dtype=torch.int64, device=data.device)

@@ -25,6 +25,15 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def image_processor_for(folder: str | Path | None) -> Any:
+    """The image processor saved with a model (``preprocessor_config.json``), or None."""
+    if folder is None or not (Path(folder) / "preprocessor_config.json").exists():
+        return None
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+
+
 class ItemError(ValueError):
     """A problem with one pool item; it is reported and skipped."""
 
@@ -41,14 +50,18 @@ class Encoder:
     max_length: int | None = None
     on_overflow: str = "truncate"  # or "error"
     pad_token_id: int = 0
+    image_processor: Any = None  # the model's own (e.g. LLaVA-1.5's CLIPImageProcessor); None: ours
     truncated: int = field(default=0, init=False)
     _warned: bool = field(default=False, init=False, repr=False)
 
     @classmethod
     def for_model(cls, model, tokenizer=None, *, image_root: str | Path | None = None, max_length: int | None = None,
-                  on_overflow: str = "truncate") -> "Encoder":
+                  on_overflow: str = "truncate", image_processor: Any = None) -> "Encoder":
         """The encoder matching ``model``'s config (a causal LM or LLaVA, PEFT-wrapped or not): its
-        image token, how many tokens one image expands to, the vision tower's image size."""
+        image token, how many tokens one image expands to, the vision tower's image size.
+        ``image_processor``: the model's own (``image_processor_for(folder)``) — images then go
+        through it (LLaVA-1.5: resize the shortest edge, center-crop, CLIP-normalise); without one,
+        images are resized to the tower's square size and CLIP-normalised."""
         cfg = getattr(getattr(model, "base_model", model), "config", None) or getattr(model, "config", None)
         vision = getattr(cfg, "vision_config", None)
         image_tokens = 0
@@ -59,7 +72,8 @@ class Encoder:
         pad = getattr(tokenizer, "pad_token_id", None)
         return cls(tokenizer=tokenizer, image_token_id=getattr(cfg, "image_token_id", None), image_tokens=image_tokens,
                    image_size=getattr(vision, "image_size", None), image_root=Path(image_root) if image_root else None,
-                   max_length=max_length, on_overflow=on_overflow, pad_token_id=pad if pad is not None else 0)
+                   max_length=max_length, on_overflow=on_overflow, pad_token_id=pad if pad is not None else 0,
+                   image_processor=image_processor)
 
     def _tok(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -70,7 +84,10 @@ class Encoder:
         full = Path(path) if self.image_root is None else self.image_root / path
         try:
             with Image.open(full) as im:
-                im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
+                im = im.convert("RGB")
+                if self.image_processor is not None:
+                    return torch.as_tensor(self.image_processor(images=im, return_tensors="pt")["pixel_values"][0])
+                im = im.resize((self.image_size, self.image_size), Image.BICUBIC)
                 arr = np.asarray(im, dtype=np.float32) / 255.0
         except Exception as exc:  # noqa: BLE001 - any unreadable image is this item's problem
             raise ItemError(f"image {full} could not be read: {exc}") from exc
