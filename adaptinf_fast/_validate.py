@@ -12,9 +12,15 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def as_tensor(x: Any, name: str) -> torch.Tensor:
-    """Accept a torch tensor or anything NumPy can view (no copy for contiguous NumPy arrays)."""
+    """Accept a torch tensor, a NumPy array (no copy when contiguous), any DLPack array — CuPy, JAX,
+    … — (no copy, on its device), or anything NumPy can view."""
     if isinstance(x, torch.Tensor):
         return x
+    if hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray):
+        try:
+            return torch.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError) as exc:
+            raise TypeError(f"{name}: this {type(x).__name__} cannot be shared through DLPack ({exc})") from exc
     if isinstance(x, np.ndarray):
         with warnings.catch_warnings():  # read-only memmaps: inputs are never written to
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")

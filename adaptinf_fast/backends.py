@@ -12,6 +12,7 @@ emulator ``adaptinf_fast._cuda_emu`` (built beside ``_C``). Both only for explic
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import importlib
 import importlib.util
@@ -24,9 +25,18 @@ import torch
 log = logging.getLogger("adaptinf_fast")
 
 BACKENDS = ("torch", "triton", "cuda", "faiss")  # faiss: k-means assignment only, never chosen by "auto"
-# Triton first: its kernels are the ones timed so far; the CUDA (WMMA) kernels are picked by "auto"
-# only where Triton is missing, until GPU benchmarks say otherwise.
+# Without a measurement, Triton first (its kernels meet the static issue-bound targets); the CUDA
+# kernels are picked by "auto" only where Triton is missing or a measurement says so.
 _GPU_PREFERENCE = ("triton", "cuda", "torch")
+# "auto" on CUDA tensors by measurement: (op, shape class, device-name glob) -> the backend that was
+# fastest for that class in a committed GPU bench run (bench/results/<suite>-<device>.json). Filled
+# from those files by hand when they exist; empty now: no GPU has timed the kernels yet.
+MEASURED: dict[tuple[str, str, str], tuple[str, str]] = {}  # -> (backend, the result file it comes from)
+SHAPE_CLASSES = ("small", "large")  # small: under 2**28 multiply-adds in the call
+
+
+def shape_class(work: int | None) -> str:
+    return "small" if work is not None and work < 1 << 28 else "large"
 
 # op -> backend -> module path. A backend is listed only once it is implemented.
 _REGISTRY: dict[str, dict[str, str]] = {
@@ -43,7 +53,8 @@ _INSTALL_HINT = {
     "run Triton kernels on CPU tensors (slow, for tests)",
     "faiss": "install faiss (`pip install adaptinf-fast[faiss]`, or faiss-gpu for CUDA tensors)",
     "cuda": "build adaptinf_fast._C with a CUDA compiler (`pip install --no-build-isolation -e .` with nvcc "
-    "on PATH) and run on a CUDA GPU, or set ADAPTINF_CUDA_EMULATE=1 to run the CUDA kernels on CPU tensors "
+    "on PATH), or install CuPy (`pip install adaptinf-fast[cuda13]`: the kernels compile at first use through "
+    "NVRTC), and run on a CUDA GPU, or set ADAPTINF_CUDA_EMULATE=1 to run the CUDA kernels on CPU tensors "
     "through the host emulator (slow, for tests)",
 }
 
@@ -79,10 +90,27 @@ def cuda_extension() -> ModuleType | None:
     return _import_extension("_C")
 
 
+def cuda_jit_forced() -> bool:
+    return os.environ.get("ADAPTINF_CUDA_JIT", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_jit() -> ModuleType | None:
+    """``ops.jit`` (the kernel sources through CuPy's NVRTC) when CuPy is installed, else None."""
+    if importlib.util.find_spec("cupy") is None:
+        return None
+    return importlib.import_module("adaptinf_fast.ops.jit")
+
+
 def cuda_kernels() -> ModuleType | None:
-    """The module the CUDA backend launches through: ``_C``, or the host emulator ``_cuda_emu``
-    under ``ADAPTINF_CUDA_EMULATE=1`` (same launchers and kernel source, CPU tensors)."""
-    return _import_extension("_cuda_emu" if cuda_emulating() else "_C")
+    """The module the CUDA backend launches through: ``_C``; the CuPy/NVRTC JIT (``ops.jit``) where
+    ``_C`` was not built or ``ADAPTINF_CUDA_JIT=1``; or the host emulator ``_cuda_emu`` under
+    ``ADAPTINF_CUDA_EMULATE=1`` (same launchers and kernel source, CPU tensors)."""
+    if cuda_emulating():
+        return _import_extension("_cuda_emu")
+    if cuda_jit_forced() or cuda_extension() is None:
+        return cuda_jit() or (None if cuda_jit_forced() else cuda_extension())
+    return cuda_extension()
 
 
 def _why_unusable(backend: str, device: torch.device) -> str | None:
@@ -111,8 +139,10 @@ def _why_unusable(backend: str, device: torch.device) -> str | None:
             if device.type == "cuda":
                 return "ADAPTINF_CUDA_EMULATE is set: the emulated CUDA backend takes CPU tensors only"
             return None
-        if cuda_extension() is None:
-            return "adaptinf_fast._C was not built (no CUDA compiler at install time)"
+        if cuda_kernels() is None:
+            if cuda_jit_forced():
+                return "ADAPTINF_CUDA_JIT is set but CuPy is not installed"
+            return "adaptinf_fast._C was not built (no CUDA compiler at install time) and CuPy is not installed"
         if device.type != "cuda":
             return "the CUDA backend needs CUDA tensors (or ADAPTINF_CUDA_EMULATE=1 for CPU tensors)"
         return None
@@ -136,8 +166,9 @@ def available_backends(device: str | torch.device | None = None) -> dict[str, li
     return {op: [b for b in implemented_backends(op) if _why_unusable(b, dev) is None] for op in _REGISTRY}
 
 
-def resolve(op: str, backend: str, device: torch.device) -> tuple[str, ModuleType]:
-    """Pick the backend for one call and import its module."""
+def resolve(op: str, backend: str, device: torch.device, work: int | None = None) -> tuple[str, ModuleType]:
+    """Pick the backend for one call and import its module (``work``: the call's multiply-adds,
+    for the shape class of a measured choice)."""
     if op not in _REGISTRY:
         raise KeyError(f"unknown op {op!r}")
     source = "backend="
@@ -157,12 +188,31 @@ def resolve(op: str, backend: str, device: torch.device) -> tuple[str, ModuleTyp
         if why is not None:
             raise BackendUnavailableError(f"{source}{backend!r} for op {op!r}: {why}; {_INSTALL_HINT.get(backend, '')}")
         return backend, importlib.import_module(_REGISTRY[op][backend])
-    # "auto": CPU tensors always go to torch (the interpreter is only for explicit requests).
+    name, why = auto_choice(op, device, work=work)
+    log.debug("op %s on %s: %s (%s)", op, device, name, why)
+    return name, importlib.import_module(_REGISTRY[op][name])
+
+
+def auto_choice(op: str, device: torch.device, *, work: int | None = None, device_name: str | None = None
+                ) -> tuple[str, str]:
+    """The backend ``"auto"`` takes for ``op`` on ``device`` and why: CPU tensors go to torch (the
+    Triton interpreter and the CUDA emulator are for explicit requests); CUDA tensors go to the
+    backend measured fastest for the call's shape class on this GPU model (``MEASURED``), else to
+    Triton, else CUDA, else torch — the first that can run here."""
     if device.type != "cuda":
-        return "torch", importlib.import_module(_REGISTRY[op]["torch"])
+        return "torch", "CPU tensors: the torch reference (Triton/CUDA kernels need CUDA tensors)"
+    if device_name is None:
+        device_name = torch.cuda.get_device_name(device)
+    cls = shape_class(work)
+    for (m_op, m_cls, pattern), (name, source) in MEASURED.items():
+        if m_op == op and m_cls == cls and fnmatch.fnmatch(device_name, pattern) and _why_unusable(name, device) is None:
+            return name, f"measured fastest for {cls} calls on {pattern} ({source})"
+    skipped = []
     for name in _GPU_PREFERENCE:
-        if name in _REGISTRY[op] and _why_unusable(name, device) is None:
-            if name == "torch":
-                log.debug("op %s: no GPU kernel available for %s tensors; using the torch backend", op, device)
-            return name, importlib.import_module(_REGISTRY[op][name])
+        if name in _REGISTRY[op]:
+            why = _why_unusable(name, device)
+            if why is None:
+                note = f"; not usable: {'; '.join(skipped)}" if skipped else ""
+                return name, f"no measurement for {cls} calls on {device_name}: default order triton > cuda > torch{note}"
+            skipped.append(f"{name} ({why})")
     raise AssertionError("the torch backend is always available")

@@ -20,17 +20,25 @@ def info() -> int:
     import torch
 
     from . import __version__
-    from .backends import _REGISTRY, available_backends, cuda_extension, implemented_backends, triton_interpreting
+    from .backends import (_REGISTRY, SHAPE_CLASSES, auto_choice, available_backends, cuda_extension, cuda_jit,
+                           cuda_jit_forced, implemented_backends, triton_interpreting)
 
     print(f"adaptinf-fast {__version__}  (Python {platform.python_version()}, {platform.machine()})")
     print(f"torch         {torch.__version__}  (built with CUDA {torch.version.cuda or 'none'})")
     print(f"triton        {_version('triton')}{'  [TRITON_INTERPRET=1]' if triton_interpreting() else ''}")
     ext = cuda_extension()
-    if ext is None:
-        print("_C            not built (no CUDA compiler at install time): CUDA kernels unavailable")
+    jit = cuda_jit()
+    if ext is None and jit is not None:
+        import cupy
+
+        print(f"_C            not built; the CUDA kernels compile at first use through CuPy {cupy.__version__} "
+              f"(NVRTC, cached on disk), {jit.cuda_device_count()} device(s)")
+    elif ext is None:
+        print("_C            not built (no CUDA compiler at install time) and no CuPy: CUDA kernels unavailable")
     else:
         rt = ext.cuda_runtime_version()
-        print(f"_C            built, CUDA runtime {rt // 1000}.{rt % 1000 // 10}, sees {ext.cuda_device_count()} device(s)")
+        print(f"_C            built, CUDA runtime {rt // 1000}.{rt % 1000 // 10}, sees {ext.cuda_device_count()} device(s)"
+              + ("; ADAPTINF_CUDA_JIT=1: launching through CuPy/NVRTC instead" if cuda_jit_forced() and jit else ""))
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
@@ -43,6 +51,17 @@ def info() -> int:
     for op in _REGISTRY:
         g = ", ".join(gpu[op]) if gpu is not None else "(no GPU)"
         print(f"{op:<23} {', '.join(implemented_backends(op)):<21} {', '.join(cpu[op]):<23} {g}")
+    print("\nbackend=\"auto\" takes, and why:")
+    devices = [torch.device("cpu")] + [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    for op in _REGISTRY:
+        for dev in devices:
+            for cls in (SHAPE_CLASSES if dev.type == "cuda" else ("any",)):
+                work = None if cls != "small" else 1
+                name, why = auto_choice(op, dev, work=work)
+                print(f"  {op:<23} {str(dev):<7} {cls:<6} -> {name}: {why}")
+    if not torch.cuda.is_available():
+        print("  (no GPU visible: on CUDA tensors auto takes a measured backend where MEASURED lists one, "
+              "else the first usable of triton > cuda > torch)")
     return 0
 
 

@@ -10,7 +10,15 @@
 #include <mma.h>
 #endif
 
+#if defined(__CUDACC_RTC__) && !defined(INFINITY)  // NVRTC has no <math.h>
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
 namespace adaptinf {
+
+// std::is_same without <type_traits>: NVRTC (the CuPy JIT path) has no C++ standard library.
+template <typename A, typename B> inline constexpr bool is_same_v = false;
+template <typename A> inline constexpr bool is_same_v<A, A> = true;
 
 template <typename T> __device__ __forceinline__ T from_float(float v);
 template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }

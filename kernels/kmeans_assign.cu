@@ -6,7 +6,9 @@
 // [32h, 32h + 32) of every tile. Scores: ||c||^2 - 2 x.c (L2) or -x.c (cosine, unit rows). A later
 // column replaces the running best only when strictly better, and the two halves merge with ties
 // to the lower index, so ties go to the lowest centroid index.
+#if !defined(__CUDACC_RTC__)  // NVRTC (the CuPy JIT path) has the math functions built in
 #include <math.h>
+#endif
 
 #include "tile_mma.cuh"
 

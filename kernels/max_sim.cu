@@ -7,7 +7,9 @@
 // cluster_start[row] <= col < row (same cluster, earlier in order). Two threads per row keep a
 // running (max, argmax) over their halves of each tile; ties go to the earliest column. Rows with
 // no predecessor end with -inf and -1. Memory: the gathered rows plus O(N).
+#if !defined(__CUDACC_RTC__)  // NVRTC (the CuPy JIT path) has the math functions built in
 #include <math.h>
+#endif
 
 #include "tile_mma.cuh"
 

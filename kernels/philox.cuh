@@ -6,7 +6,9 @@
 #pragma once
 
 #if !defined(__CUDACC_RTC__)
+#if !defined(__CUDACC_RTC__)  // NVRTC (the CuPy JIT path) has the math functions built in
 #include <math.h>
+#endif
 #endif
 
 #if defined(__CUDACC__)

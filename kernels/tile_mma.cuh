@@ -9,7 +9,6 @@
 // tf32x3. A B operand that is exact in tf32 (Rademacher signs) skips its lo part.
 #pragma once
 
-#include <type_traits>
 
 #include "cuda_compat.cuh"
 
@@ -89,7 +88,7 @@ struct WarpTile {
       FragB fb[2];
       for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], a + (wm + 16 * i) * Tr::kLd + kk, Tr::kLd);
       for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], b + (wn + 16 * j) * Tr::kLd + kk, Tr::kLd);
-      if constexpr (std::is_same<T, float>::value) {
+      if constexpr (is_same_v<T, float>) {
         FragA fa_lo[2];
         FragB fb_lo[2];
         for (int i = 0; i < 2; ++i) split_tf32(fa[i], fa_lo[i]);

@@ -66,3 +66,25 @@ def test_import_queries_no_gpu_and_no_triton():
         "assert 'triton' not in sys.modules, 'triton imported at package import'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_auto_on_cuda_tensors_follows_a_measurement_then_the_default_order(monkeypatch):
+    import torch
+
+    from adaptinf_fast import backends
+
+    gpu = torch.device("cuda", 0)
+    usable = {"triton", "cuda", "torch"}
+    monkeypatch.setattr(backends, "_why_unusable", lambda b, d: None if b in usable else "not here")
+    name, why = backends.auto_choice("project", gpu, work=1 << 30, device_name="NVIDIA H200")
+    assert name == "triton" and "no measurement" in why
+    monkeypatch.setitem(backends.MEASURED, ("project", "large", "NVIDIA H*"), ("cuda", "projection-H200.json"))
+    assert backends.auto_choice("project", gpu, work=1 << 30, device_name="NVIDIA H200")[0] == "cuda"
+    assert backends.auto_choice("project", gpu, work=1 << 10, device_name="NVIDIA H200")[0] == "triton"  # small calls
+    assert backends.auto_choice("project", gpu, work=1 << 30, device_name="NVIDIA A100")[0] == "triton"
+    usable.discard("cuda")  # a measured backend that cannot run here is passed over
+    assert backends.auto_choice("project", gpu, work=1 << 30, device_name="NVIDIA H200")[0] == "triton"
+    usable.discard("triton")
+    name, why = backends.auto_choice("project", gpu, device_name="NVIDIA H200")
+    assert name == "torch" and "triton (not here)" in why
+    assert backends.auto_choice("project", torch.device("cpu"))[0] == "torch"

@@ -14,6 +14,7 @@ def test_info_reports_extension_and_backends(capsys):
     assert ("_C            built" in out) == (cuda_extension() is not None)
     for op in ("project", "kmeans_assign", "cluster_max_similarity"):
         assert op in out
+        assert f"{op:<23} cpu     any    -> torch: CPU tensors" in out  # what auto takes, and why
 
 
 def test_ops_demo_small_run_finds_planted_duplicates(tmp_path, capsys):

@@ -106,7 +106,8 @@ def test_triton_screen_rechecks_near_ties_and_equals_fp32(device, rng, monkeypat
     assert redone[0] <= 200  # ...and only the near-tied ones (the third row of each cluster)
     assert torch.equal(i.cpu(), i_want)
     assert torch.equal(torch.isfinite(m.cpu()), fin)
-    torch.testing.assert_close(m.cpu()[fin], m_want[fin], rtol=0, atol=2e-7)
+    # the winners' values are float32 dot products (another summation order than the reference's matmul)
+    torch.testing.assert_close(m.cpu()[fin], m_want[fin], rtol=1e-6, atol=1e-7)
 
 
 def test_screening_bound_holds_for_every_pair(rng):

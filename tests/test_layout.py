@@ -73,3 +73,18 @@ def test_progress_bars_draw_only_on_a_terminal():
     assert progress_bar(range(3), file=io.StringIO()).disable  # a log file or pipe: no bar
     assert not progress_bar(range(3), file=Tty()).disable
     assert progress_bar(range(3), file=Tty(), progress=False).disable
+
+
+def test_the_extension_stub_lists_every_export():
+    import re
+
+    from adaptinf_fast.backends import cuda_extension
+
+    source = (ROOT.parent / "csrc" / "module.cpp").read_text()
+    define = source[source.index("void define(") : source.index("}  // namespace", source.index("void define("))]
+    exported = set(re.findall(r'm\.def\("(\w+)"', define))
+    stub = set(re.findall(r"^def (\w+)\(", (ROOT / "_C.pyi").read_text(), re.M))
+    assert exported and exported == stub, exported ^ stub
+    ext = cuda_extension()
+    if ext is not None:  # CI builds it: the compiled module agrees with the source it came from
+        assert {n for n in dir(ext) if not n.startswith("_")} == stub

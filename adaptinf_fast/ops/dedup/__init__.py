@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from ... import _validate
+from ..library import compiling, max_similarity_op
 from ...backends import resolve
 from ..budget import split_budget
 
@@ -46,6 +47,8 @@ def cluster_max_similarity(x: Any, labels: Any, *, order: Any = None, exact: boo
         (M float32 (N,), index int64 (N,)): M_j is the true maximum (it may be negative); where j has
         no predecessor in its cluster, M_j = -inf and index = -1. Ties go to the earliest sample.
     """
+    if compiling() and all(isinstance(t, torch.Tensor) for t in (x, labels)) and (order is None or isinstance(order, torch.Tensor)):
+        return max_similarity_op(x, labels, order, exact, nonfinite, backend)
     x, labels, order = _inputs(x, labels, order, nonfinite)
     if x.shape[0] == 0:
         return torch.empty(0, dtype=torch.float32, device=x.device), torch.empty(0, dtype=torch.int64, device=x.device)

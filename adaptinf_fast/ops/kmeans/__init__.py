@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ... import _validate
+from ..library import compiling, kmeans_assign_op
 from ...backends import resolve
 from .elbow import elbow, format_elbow, plot_elbow
 from .init import default_init_size, kmeans_plusplus
@@ -44,6 +45,8 @@ def kmeans_assign(x: Any, centroids: Any, *, metric: str = "l2", nonfinite: str 
         (labels int64 (N,), value float32 (N,)): value is the squared L2 distance for ``"l2"``, the
         cosine similarity for ``"cosine"``. Ties go to the lowest centroid index.
     """
+    if compiling() and isinstance(x, torch.Tensor) and isinstance(centroids, torch.Tensor):
+        return kmeans_assign_op(x, centroids, metric, nonfinite, backend)
     metric = _check_metric(metric)
     x = _validate.check_finite(_validate.float_matrix(x, "x"), "x", nonfinite)
     c = _validate.float_matrix(centroids, "centroids", shape_hint="(K, D)")
@@ -54,7 +57,7 @@ def kmeans_assign(x: Any, centroids: Any, *, metric: str = "l2", nonfinite: str 
     if c.device != x.device:
         raise ValueError(f"centroids are on {c.device} but x is on {x.device}")
     _validate.check_finite(c, "centroids", "raise")
-    _, impl = resolve("kmeans_assign", backend, x.device)
+    _, impl = resolve("kmeans_assign", backend, x.device, work=x.shape[0] * c.shape[0] * x.shape[1])
     return impl.assign(_prepare(x, metric), _prepare(c, metric), metric)
 
 

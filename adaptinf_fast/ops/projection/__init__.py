@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ... import _validate
+from ..library import compiling, project_op, signed_seed
 from ...backends import cuda_extension, resolve
 from . import reference
 
@@ -62,6 +63,9 @@ def project(
     Example:
         >>> y = project(torch.randn(4, 10_000), 1024, seed=7)   # (4, 1024), ‖y_i‖ ≈ ‖x_i‖
     """
+    if compiling() and isinstance(x, torch.Tensor):  # torch.compile: one opaque node, no graph break
+        y = project_op(x, out_dim, signed_seed(seed), kind, row_offset, nonfinite, backend)
+        return y if out is None else out.add_(y)
     x = _validate.float_matrix(x, "x", shape_hint="(B, P)")
     _check_common(out_dim, seed, kind, row_offset, x.shape[1])
     x = _validate.check_finite(x, "x", nonfinite)
@@ -76,7 +80,7 @@ def project(
             raise ValueError(f"out is on {out.device} but x is on {x.device}")
     if x.numel() == 0:
         return out
-    _, impl = resolve("project", backend, x.device)
+    _, impl = resolve("project", backend, x.device, work=x.shape[0] * x.shape[1] * out_dim)
     impl.project_into(x, out, seed=seed, kind=kind, row_offset=row_offset)
     return out
 

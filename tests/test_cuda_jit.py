@@ -1,0 +1,163 @@
+"""The CuPy/NVRTC path of the CUDA backend: every kernel instance compiles with NVRTC for sm_80 and
+sm_90 (no GPU needed), and the launchers pass the grids and argument types of csrc/*_launch.cu."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adaptinf_fast.ops import jit
+
+
+def _toolkits() -> list[Path]:
+    """CUDA toolkit roots: $CUDA_HOME / $CUDA_PATH, the nvcc on PATH, /usr/local/cuda*."""
+    roots = [Path(os.environ[v]) for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    if shutil.which("nvcc"):
+        roots.append(Path(shutil.which("nvcc")).resolve().parents[1])
+    return roots + sorted(Path("/usr/local").glob("cuda*"), reverse=True)
+
+
+def _nvrtc():
+    """libnvrtc from the nvidia-cuda-nvrtc wheel (a test dependency) or a CUDA toolkit."""
+    try:
+        import nvidia
+
+        roots = [Path(p) for p in nvidia.__path__]
+    except ImportError:
+        roots = []
+    for root in roots + _toolkits():
+        for lib in sorted(root.rglob("libnvrtc.so*")):
+            if "builtins" not in lib.name and "alt" not in lib.name:
+                return ctypes.CDLL(str(lib))
+    return None
+
+
+def _cuda_include() -> Path | None:
+    return next((root / "include" for root in _toolkits() if (root / "include" / "cuda_fp16.h").exists()), None)
+
+
+def _compile(lib, source: str, names: list[str], options: list[str]) -> tuple[int, str, dict, bytes]:
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"adaptinf.cu", 0, None, None) == 0
+    for n in names:
+        assert lib.nvrtcAddNameExpression(prog, n.encode()) == 0
+    opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+    rc = lib.nvrtcCompileProgram(prog, len(options), opts)
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    lowered, ptx = {}, b""
+    if rc == 0:
+        for n in names:
+            out = ctypes.c_char_p()
+            assert lib.nvrtcGetLoweredName(prog, n.encode(), ctypes.byref(out)) == 0
+            lowered[n] = out.value.decode()
+        lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+        buf = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetPTX(prog, buf)
+        ptx = buf.value
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return rc, log.value.decode(), lowered, ptx
+
+
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+@pytest.mark.parametrize("op", sorted(jit.FILES))
+def test_every_kernel_instance_compiles_with_nvrtc(op, arch):
+    lib, inc = _nvrtc(), _cuda_include()
+    if lib is None or inc is None:
+        if os.environ.get("ADAPTINF_REQUIRE_CUDA") == "ON":
+            pytest.fail("CI has the CUDA toolkit and the nvidia-cuda-nvrtc test dependency: NVRTC must be found")
+        pytest.skip("no NVRTC library or CUDA headers here")
+    source, names, options = jit.program(op)
+    rc, log, lowered, ptx = _compile(lib, source, names, [*options, f"-I{inc}", f"-arch={arch}"])
+    assert rc == 0, log
+    assert set(lowered) == set(names)
+    for name in names:
+        assert f".entry {lowered[name]}".encode() in ptx, name
+
+
+class FakeCupy(types.ModuleType):
+    """Records what the JIT module asks CuPy to compile and launch."""
+
+    def __init__(self):
+        super().__init__("cupy")
+        self.modules, self.launches = [], []
+        fake = self
+
+        class RawModule:
+            def __init__(self, code, options, name_expressions):
+                fake.modules.append((code, options, list(name_expressions)))
+
+            def get_function(self, name):
+                return lambda grid, block, args, stream=None: fake.launches.append((name, grid, block, args, stream))
+
+        class Device:
+            def __init__(self, index):
+                self.index = index
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        self.RawModule = RawModule
+        self.cuda = types.SimpleNamespace(Device=Device, ExternalStream=lambda ptr: ("stream", ptr))
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    fake = FakeCupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    jit._module.cache_clear()
+    yield fake
+    jit._module.cache_clear()
+
+
+def test_launchers_use_the_grids_and_argument_types_of_the_c_launchers(fake_cupy):
+    t = jit.tile_constants()
+    assert t == {"kTileM": 64, "kTileN": 64, "kTileK": 32, "kThreads": 128}
+    jit.project(1000, 1, 2000, 130, 10_000, 200, 10_016, 2**64 - 1, 5, 4096, "gaussian", 77, 0)
+    name, grid, block, args, stream = fake_cupy.launches[-1]
+    assert name == "adaptinf::adaptinf_project<__half, 1>" and grid == (4, 3, 3) and block == (128,)
+    assert stream == ("stream", 77) and args[6] == np.uint64(2**64 - 1)
+    assert [type(a) for a in args] == [np.uint64, np.uint64] + [np.int64] * 4 + [np.uint64, np.uint64, np.int64]
+    jit.kmeans_assign(1, 2, 2, 3, 4, 5, 6, 129, 10, 8, True, 0, 0)
+    assert fake_cupy.launches[-1][:3] == ("adaptinf::adaptinf_kmeans_assign<__nv_bfloat16, true>", (3, 1, 1), (128,))
+    jit.max_sim(1, 0, 2, 3, 7, 4, 5, 300, 16, 0, 0)
+    assert fake_cupy.launches[-1][:3] == ("adaptinf::adaptinf_max_sim<float>", (7, 1, 1), (128,))
+    jit.philox_fill(1, 10, 100, 3, 0, "rademacher", 0.5, 0, 0)
+    assert fake_cupy.launches[-1][1] == (1, 1, 1) and fake_cupy.launches[-1][3][-2:] == (np.int32(0), np.float32(0.5))
+    jit.project(1, 0, 2, 0, 10, 10, 10, 0, 0, 1, "rademacher", 0, 0)  # empty: nothing launched
+    assert len(fake_cupy.launches) == 4
+    code, options, names = fake_cupy.modules[0]
+    assert code == '#include "project.cu"\n' and any(o.startswith("-I") for o in options) and len(names) == 6
+    with pytest.raises(ValueError, match="beyond CUDA's limits"):
+        jit.project(1, 0, 2, 64 * 70_000, 10, 10, 10, 0, 0, 10, "rademacher", 0, 0)
+
+
+def test_the_cuda_backend_launches_through_the_jit_where_asked(fake_cupy, monkeypatch):
+    from adaptinf_fast import backends
+
+    cached = backends.cuda_jit
+    cached.cache_clear()
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name, *a: object() if name == "cupy" else None)
+    monkeypatch.setenv("ADAPTINF_CUDA_JIT", "1")
+    monkeypatch.delenv("ADAPTINF_CUDA_EMULATE", raising=False)
+    try:
+        assert backends.cuda_kernels() is jit
+        import torch
+
+        assert backends._why_unusable("cuda", torch.device("cuda", 0)) is None
+        monkeypatch.setattr(backends, "cuda_jit", lambda: None)
+        assert "CuPy is not installed" in backends._why_unusable("cuda", torch.device("cuda", 0))
+    finally:
+        cached.cache_clear()
