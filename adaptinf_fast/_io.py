@@ -117,6 +117,14 @@ class FolderLock:
             del FolderLock._held[key]
 
 
+def fault_point(point: str) -> None:
+    """Fault injection for tests: ``ADAPTINF_FAULT=<point>`` kills this process (SIGKILL) there."""
+    if os.environ.get("ADAPTINF_FAULT") == point:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def progress_bar(iterable: Any = None, *, progress: bool = True, **kwargs) -> tqdm:
     """A tqdm bar that draws only on a terminal (``disable=None``): logs and pipes get no
     carriage-return lines. ``progress=False`` turns it off everywhere."""

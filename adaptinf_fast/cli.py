@@ -105,6 +105,8 @@ def _run(args) -> int:
         baselines[name] = Path(folder)
     res = LifelongRun(out, tasks, cfg, base_loader(model), adapter=model.get("adapter"), baselines=baselines,
                       progress=not args.no_progress).run()
+    if not res:  # under torchrun: rank 0 reports
+        return 0
     print(format_matrix(res))
     for name, gain in res["relative_gain"].items():
         print(f"relative gain vs {name}: {gain:.1f} (100 = its final scores)")

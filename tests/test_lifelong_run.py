@@ -182,8 +182,9 @@ LifelongRun({out!r}, tasks, cfg, loader(__import__("pathlib").Path({base!r})), p
 
 @pytest.mark.slow
 def test_two_process_run_equals_one_process(setting, tmp_path):
-    """A whole two-stage run under torchrun --nproc-per-node 2 (gloo, CPU): the same selection,
-    pruning and accuracy matrix as one process (dropout off: each process would draw its own masks)."""
+    """A whole two-stage run under torchrun --nproc-per-node 2 (gloo, CPU), killed in training and
+    resumed on two processes: the same selection, pruning, adapter and answers as one uninterrupted
+    process (dropout off: each process would draw its own masks)."""
     import os
     import subprocess
     import sys
@@ -201,9 +202,15 @@ def test_two_process_run_equals_one_process(setting, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(RUN_SCRIPT.format(tests=str(Path(__file__).parent), cfg=cfg.model_dump_json(),
                                         tasks=json.dumps(tasks), out=str(tmp_path / "two"), base=str(base)))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                          "29518", str(script)], capture_output=True, text=True, env=env, timeout=600)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "ADAPTINF_FAULT")}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518", str(script)]
+    # both processes are killed right after stage 1's third optimizer step (and its checkpoint)...
+    killed = subprocess.run(launch, capture_output=True, text=True, env={**env, "ADAPTINF_FAULT": "train:step3"},
+                            timeout=600)
+    assert killed.returncode != 0 and (tmp_path / "two" / "pool" / "stages" / "stage-001" / "train-ckpt").exists()
+    assert not (tmp_path / "two" / "pool" / "stages" / "stage-001" / "adapter").exists()
+    # ...and the same command on two processes resumes from the committed steps and that checkpoint
+    res = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     for t in (1, 2):

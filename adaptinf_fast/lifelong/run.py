@@ -251,6 +251,8 @@ class LifelongRun:
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict:
+        """Run or resume every stage; returns the summary (``summary.json``) on rank 0, {} on the
+        other ranks of a multi-process launch."""
         self.dist = _init_distributed()
         self.rank = self.dist.get_rank() if self.dist else 0
         self.out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +273,8 @@ class LifelongRun:
             for t, (task, cfg) in enumerate(zip(self.tasks, self.stage_configs), 1):
                 run_steps(cfg, ctx, STEPS, STEPS)
                 stages.append(self._stage_row(StageDir(pool, t), task))
-                self.say(format_stage_row(stages[-1], header=len(stages) == 1))
+                if self.rank == 0:
+                    self.say(format_stage_row(stages[-1], header=len(stages) == 1))
             rows = [json_file(StageDir(pool, t).eval_json) for t in range(len(self.tasks) + 1)]
             return self._finish(rows, stages, tests) if self.rank == 0 else {}
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .._io import atomic_write, read_jsonl, write_json, write_jsonl
+from .._io import atomic_write, fault_point, read_jsonl, write_json, write_jsonl
 from ..features.featureset import FeatureSet
 from ..ops.kmeans import KMeans
 from ..selection.policy import prune_mask, release_subset, select_subset
@@ -111,12 +109,6 @@ class Context:
 
 
 Outcome = tuple[dict, "list[dict] | None"]
-
-
-def _fault(point: str) -> None:
-    """Fault injection for tests: ADAPTINF_FAULT=<step>:<point> kills this process there."""
-    if os.environ.get("ADAPTINF_FAULT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def read_records(path: str | Path) -> list:
@@ -338,12 +330,12 @@ def run_steps(cfg: StageConfig, ctx: Context, steps: tuple = STEPS, plan: tuple 
             continue
         check_order(pool, cfg.stage, step, plan)
         t0 = time.perf_counter()
-        _fault(f"{step}:start")
+        fault_point(f"{step}:start")
         if ctx.rank == 0 or step in COLLECTIVE:
             info, rows = STEP_FUNCTIONS[step](sd, cfg, ctx)
         if ctx.rank == 0:
             sd.set_record(step, info)
-            _fault(f"{step}:artifacts")
+            fault_point(f"{step}:artifacts")
             pool.commit(cfg.stage, step, rows)
             sd.add_timing(step, time.perf_counter() - t0)
         if dist:

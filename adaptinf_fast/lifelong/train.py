@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .._io import atomic_write, progress_bar
+from .._io import atomic_write, fault_point, progress_bar
 from ..data.encoder import collate
 from .config import TrainConfig
 
@@ -154,6 +154,7 @@ def train_lora(model, items: Sequence[dict], cfg: TrainConfig, *, ckpt_dir: str 
             bar.update(1)
             if step % cfg.save_every == 0 or step == total:
                 save()
+            fault_point(f"train:step{step}")  # tests: a kill right after this step's checkpoint
             if _stop_after_step is not None and step >= _stop_after_step:
                 raise KeyboardInterrupt(f"stopped after step {step}")
     finally:
