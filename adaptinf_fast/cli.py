@@ -84,7 +84,7 @@ def _demo(args) -> int:
     cfg = DemoConfig(out=args.out, tasks=tuple(args.tasks.split(",")), n_train=args.n_train, n_test=args.n_test,
                      pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, budget=args.budget,
                      pool_budget=args.pool_budget, k=args.k, out_dim=args.out_dim, compare=compare, seed=args.seed,
-                     rules=args.rules, progress=not args.no_progress)
+                     progress=not args.no_progress)
     run_demo(cfg)
     return 0
 
@@ -144,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--k", type=int, default=d.k, help="pseudo-skill clusters")
     demo.add_argument("--out-dim", type=int, default=d.out_dim, help="gradient projection width")
     demo.add_argument("--seed", type=int, default=d.seed)
-    demo.add_argument("--rules", choices=("adaptinf", "release"), default=d.rules,
-                      help="our selection rules or the Adapt-∞ release's (README: where we differ)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     run = sub.add_parser("run", help="a real lifelong run from a YAML/TOML config (see the README)")
     run.add_argument("--config", required=True, type=Path)

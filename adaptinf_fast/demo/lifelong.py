@@ -47,6 +47,7 @@ class DemoConfig(Strict):
     out_dim: int = Field(1024, ge=1)
     compare: tuple[str, ...] = ()
     seed: int = 0
+    # the release's rules need 10 samples in every cluster (its preview draw): the demo's pools are smaller
     rules: Literal["adaptinf", "release"] = "adaptinf"
     progress: bool = True
     extra: dict = Field(default_factory=dict)  # RunConfig sections to override (tests)
