@@ -179,10 +179,16 @@ def test_flat_stage_config_still_loads_with_a_deprecation_note(tmp_path):
     make_data(tmp_path)
     flat = tmp_path / "flat.yaml"
     flat.write_text(f"k: 4\nfeatures_from: {tmp_path / 'features.npz'}\npool_budget: 150\nbudget: 40\nseed: 3\n"
-                    f"stages:\n  - {{stage: 1, data: {tmp_path / 'taskA.jsonl'}, source: taskA, budget: 30}}\n")
+                    f"stages:\n  - {{stage: 1, data: {tmp_path / 'taskA.jsonl'}, source: taskA, budget: 30, out_dim: 64}}\n")
     with pytest.warns(DeprecationWarning, match="flat stage config"):
         _, (cfg,) = load_stage_config(flat)
     assert (cfg.k, cfg.pool_budget, cfg.budget, cfg.seed, cfg.features_from) == (4, 150, 30, 3, str(tmp_path / "features.npz"))
+    assert cfg.out_dim == 64 and cfg.layers == "last"  # a per-stage feature key of the old format
+    flat.write_text(f"pool: {tmp_path / 'p'}\nstages:\n  - {{stage: 1, data: {tmp_path / 'taskA.jsonl'}, source: taskA, "
+                    f"features_from: {tmp_path / 'features.npz'}, k: 3, pool_budget: 100}}\n")  # flat keys in stages only
+    with pytest.warns(DeprecationWarning, match="flat stage config"):
+        pool, (cfg,) = load_stage_config(flat)
+    assert (pool, cfg.k, cfg.pool_budget) == (str(tmp_path / "p"), 3, 100)
 
 
 KILL_POINTS = ["add:artifacts", "features:start", "cluster:artifacts", "select:artifacts", "prune:artifacts"]

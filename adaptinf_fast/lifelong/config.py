@@ -11,7 +11,7 @@ A config file (YAML, or TOML on Python >= 3.11) has the same sections for ``stag
 ``run --config`` adds ``out``, ``model``, ``lora``, ``train`` and ``eval``, and each stage is
 ``{name, train, test, images}`` plus per-stage ``selection`` keys. ``stage --config`` adds ``pool``
 and each stage is ``{stage, data, source, features_from | model, image_root}`` plus per-stage
-``selection`` keys. Every error (unknown key, bad value, missing file) is reported with its location
+``features`` and ``selection`` keys. Every error (unknown key, bad value, missing file) is reported with its location
 in the file, all at once, before any work starts. The old flat ``stage --config`` format (every key
 at the top level) still loads, with a deprecation note.
 """
@@ -249,7 +249,8 @@ class StageEntry(Strict):
     features_from: Optional[str] = None
     model: Optional[str] = None
     image_root: Optional[str] = None
-    selection: dict = Field(default_factory=dict)
+    features: dict = Field(default_factory=dict)  # per-stage feature keys
+    selection: dict = Field(default_factory=dict)  # per-stage selection keys
 
 
 class StageFile(Strict):
@@ -305,7 +306,7 @@ def convert_flat(doc: dict) -> dict:
         s = {**stage_defaults, **s} if isinstance(s, dict) else s
         if isinstance(s, dict):
             f2, s2, r2 = split(dict(s))
-            if f2:  # per-stage feature settings had no home in the flat format either: keep them visible
+            if f2:
                 r2["features"] = f2
             out["stages"].append({**r2, "selection": s2})
         else:
@@ -316,7 +317,9 @@ def convert_flat(doc: dict) -> dict:
 def load_stage_config(path: str | Path) -> tuple[str | None, list[StageConfig]]:
     """(pool folder or None, the validated StageConfig of every stage) from a stage config file."""
     doc = read_config(path)
-    if set(doc) - set(StageFile.model_fields) - {"stages"} and not set(doc) & {"features", "selection"}:
+    flat_keys = set(FLAT_SECTIONS["features"]) | set(FLAT_SECTIONS["selection"]) | {"feature_batch_size"}
+    stage_keys = {k for st in doc.get("stages") or [] if isinstance(st, dict) for k in st}
+    if (set(doc) & (flat_keys | set(FLAT_STAGE))) or (stage_keys & flat_keys):
         warnings.warn(f"{path}: the flat stage config format is deprecated; put feature keys under 'features:' "
                       "and selection keys under 'selection:' (see adaptinf_fast/lifelong/config.py)",
                       DeprecationWarning, stacklevel=2)
@@ -328,9 +331,9 @@ def load_stage_config(path: str | Path) -> tuple[str | None, list[StageConfig]]:
         _fail(path, error_lines(exc))
     errors, cfgs = [], []
     for i, s in enumerate(spec.stages):
-        entry = s.model_dump(exclude={"selection"}, exclude_none=True)
+        entry = s.model_dump(exclude={"selection", "features"}, exclude_none=True)
         try:
-            cfgs.append(StageConfig(seed=spec.seed, **spec.features.model_dump(),
+            cfgs.append(StageConfig(seed=spec.seed, **{**spec.features.model_dump(), **s.features},
                                     **{**spec.selection.model_dump(), **s.selection}, **entry))
         except ValidationError as exc:
             errors += error_lines(exc, f"stages.{i}")
