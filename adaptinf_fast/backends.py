@@ -108,9 +108,8 @@ def cuda_kernels() -> ModuleType | None:
     ``ADAPTINF_CUDA_EMULATE=1`` (same launchers and kernel source, CPU tensors)."""
     if cuda_emulating():
         return _import_extension("_cuda_emu")
-    if cuda_jit_forced() or cuda_extension() is None:
-        return cuda_jit() or (None if cuda_jit_forced() else cuda_extension())
-    return cuda_extension()
+    ext = cuda_extension()
+    return ext if ext is not None and not cuda_jit_forced() else cuda_jit()
 
 
 def _why_unusable(backend: str, device: torch.device) -> str | None:
@@ -201,9 +200,9 @@ def auto_choice(op: str, device: torch.device, *, work: int | None = None, devic
     Triton, else CUDA, else torch — the first that can run here."""
     if device.type != "cuda":
         return "torch", "CPU tensors: the torch reference (Triton/CUDA kernels need CUDA tensors)"
-    if device_name is None:
-        device_name = torch.cuda.get_device_name(device)
     cls = shape_class(work)
+    if MEASURED and device_name is None:  # the name is asked only when there is a table to match
+        device_name = torch.cuda.get_device_name(device)
     for (m_op, m_cls, pattern), (name, source) in MEASURED.items():
         if m_op == op and m_cls == cls and fnmatch.fnmatch(device_name, pattern) and _why_unusable(name, device) is None:
             return name, f"measured fastest for {cls} calls on {pattern} ({source})"
@@ -213,6 +212,6 @@ def auto_choice(op: str, device: torch.device, *, work: int | None = None, devic
             why = _why_unusable(name, device)
             if why is None:
                 note = f"; not usable: {'; '.join(skipped)}" if skipped else ""
-                return name, f"no measurement for {cls} calls on {device_name}: default order triton > cuda > torch{note}"
+                return name, f"no measurement for {cls} calls on {device_name or device}: default order triton > cuda > torch{note}"
             skipped.append(f"{name} ({why})")
     raise AssertionError("the torch backend is always available")

@@ -25,13 +25,11 @@ __all__ = ["ReleaseCrash", "assign_budget_to_cluster", "get_ccs_samples", "get_d
 
 def get_dist_entropy(x: Any, nbins: int = 50, verbose: bool = False) -> float:
     """Histogram entropy (bits) of the z-scored ``x`` by the release's bins (NaN at zero spread)."""
-    release._numpy_floor()
     return release.entropy(x, nbins)
 
 
 def get_mwp_score(scores: Mapping[str, np.ndarray], selected_idxs: Any) -> np.ndarray:
     """The values at ``selected_idxs`` of the score with the largest ``get_dist_entropy`` there."""
-    release._numpy_floor()
     return scores[release.choose_selector(scores, selected_idxs)][selected_idxs]
 
 
@@ -50,7 +48,6 @@ def set_outlier_threshold(scores: Any):
 
 def get_ccs_samples(scores: Any, bins: int, budget: int) -> np.ndarray:
     """CCS positions into ``scores`` (bins from the top), drawn with the global ``random``."""
-    release._numpy_floor()
     return release.ccs(scores, bins, budget, random)
 
 

@@ -22,14 +22,14 @@ def mean_over_response(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return (values * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 
-def _release_entropy(logp: torch.Tensor, last_logits: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+def _release_entropy(p: torch.Tensor, last_logits: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     """The release's entropy score: the mean over every attended position — prompt, image tokens
-    and the last one, which predicts nothing — of -Σ p·ln(p + 1e-10). Rows are right-padded."""
-    def h(lp: torch.Tensor) -> torch.Tensor:
-        p = lp.exp()
-        return -(p * (p + 1e-10).log()).sum(-1)
+    and the last one, which predicts nothing — of -Σ p·ln(p + 1e-10). ``p``: the shifted
+    positions' probabilities (B, T-1, V); rows are right-padded."""
+    def h(q: torch.Tensor) -> torch.Tensor:
+        return -(q * (q + 1e-10).log()).sum(-1)
 
-    per_pos = torch.cat([h(logp), h(torch.log_softmax(last_logits.float(), -1)).unsqueeze(1)], dim=1)
+    per_pos = torch.cat([h(p), h(torch.softmax(last_logits.float(), -1)).unsqueeze(1)], dim=1)
     return mean_over_response(per_pos, attn.bool())
 
 
@@ -48,7 +48,7 @@ def sample_scores(nll: torch.Tensor, mask: torch.Tensor, logp: torch.Tensor, *, 
         el2n = (1.0 - 2.0 * p_y + p.pow(2).sum(-1)).clamp_min(0).sqrt()
         if rules == "release":
             return {"ppl": mean_over_response(nll.exp(), mask), "el2n": mean_over_response(el2n, mask),
-                    "entropy": _release_entropy(logp, last_logits, attn)}
+                    "entropy": _release_entropy(p, last_logits, attn)}
         entropy = -(p * logp).sum(-1)
         return {
             "ppl": mean_over_response(nll, mask).exp(),

@@ -275,7 +275,7 @@ class LifelongRun:
                 stages.append(self._stage_row(StageDir(pool, t), task))
                 if self.rank == 0:
                     self.say(format_stage_row(stages[-1], header=len(stages) == 1))
-            rows = [json_file(StageDir(pool, t).eval_json) for t in range(len(self.tasks) + 1)]
+            rows = [json.loads(StageDir(pool, t).eval_json.read_text()) for t in range(len(self.tasks) + 1)]
             return self._finish(rows, stages, tests) if self.rank == 0 else {}
 
     def _stage_row(self, sd: StageDir, task: Task) -> dict:
@@ -309,10 +309,6 @@ class LifelongRun:
         return summary
 
 
-
-
-def json_file(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 class _rank0_lock:

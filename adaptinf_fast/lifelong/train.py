@@ -16,6 +16,7 @@ arguments resumes from it and ends with the same weights as an uninterrupted run
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Sequence
@@ -63,13 +64,13 @@ def _accelerator(cfg: TrainConfig, device: torch.device, log_dir: Path | None):
     return acc
 
 
-def _token_loss(model, batch: dict, n_tokens: int) -> torch.Tensor:
-    """Sum of the response-token NLLs of ``batch`` over ``n_tokens`` (the micro-batch's count over
-    every process): the processes' losses add up to the micro-batch's mean."""
+def _token_nll_sum(model, batch: dict) -> torch.Tensor:
+    """Sum of the response-token NLLs of ``batch`` (the caller divides by the micro-batch's token
+    count over every process, so the processes' losses add up to the micro-batch's mean)."""
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     target = batch["labels"][:, 1:]
     return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), target.flatten(), ignore_index=-100,
-                           reduction="sum") / n_tokens
+                           reduction="sum")
 
 
 def train_lora(model, items: Sequence[dict], cfg: TrainConfig, *, ckpt_dir: str | Path | None = None,
@@ -88,6 +89,7 @@ def train_lora(model, items: Sequence[dict], cfg: TrainConfig, *, ckpt_dir: str 
     acc = _accelerator(cfg, device, Path(log_dir) if log_dir is not None else None)
     world, rank = acc.num_processes, acc.process_index
     batches = list(_batches(len(items), cfg))
+    tokens = [int((it["labels"][1:] != -100).sum()) for it in items]  # response tokens per item
     total = math.ceil(len(batches) / cfg.grad_accum)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
@@ -133,15 +135,15 @@ def train_lora(model, items: Sequence[dict], cfg: TrainConfig, *, ckpt_dir: str 
             group = batches[s * cfg.grad_accum : (s + 1) * cfg.grad_accum]
             step_loss = torch.zeros((), device=device)
             for j, idx in enumerate(group):
-                n_tokens = sum(int((items[i]["labels"][1:] != -100).sum()) for i in idx)
+                n_tokens = sum(tokens[i] for i in idx)
                 mine = idx[rank::world]
                 scale = world / len(group) / max(n_tokens, 1)
                 if not mine:  # fewer samples than processes: take part in the all-reduce with zero loss
                     mine, scale = idx[:1], 0.0
                 batch = {k: v.to(device) for k, v in collate([items[i] for i in mine], cfg.pad_token_id).items()}
-                sync = acc.no_sync(wrapped) if j < len(group) - 1 and world > 1 else _nothing()
+                sync = acc.no_sync(wrapped) if j < len(group) - 1 and world > 1 else contextlib.nullcontext()
                 with sync, acc.autocast():
-                    loss = _token_loss(wrapped, batch, 1) * scale
+                    loss = _token_nll_sum(wrapped, batch) * scale
                     acc.backward(loss)
                 step_loss += loss.detach() / world
             acc.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -179,11 +181,3 @@ def _checkpointing(model, on: bool) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

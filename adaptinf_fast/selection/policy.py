@@ -85,15 +85,15 @@ def release_subset(features: torch.Tensor, labels: torch.Tensor, scores: Mapping
         kept, _ = release.prune(features, labels, k, pool_budget, progress=progress)
         order = torch.from_numpy(kept)
         info["selected_from"] = int(kept.size)
-    sel = release.scores_as_release({name: v for name, v in scores.items()})
+    sel = release.scores_as_release(scores)
+    if not sel:
+        raise ValueError("no scores are available")
     if method == "adaptinf":
         score = None
     elif method.startswith("score:") and method[6:] in sel:
         score = method[6:]
     else:
         raise ValueError(f"method {method!r} under rules='release': expected 'adaptinf' or score:<a computed score>")
-    if not sel:
-        raise ValueError("no scores are available")
     picked, extra = release.select(labels[order], {name: v[order.numpy()] for name, v in sel.items()}, k, budget,
                                    random.Random(seed), score=score)
     info.update(extra)

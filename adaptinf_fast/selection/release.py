@@ -43,8 +43,12 @@ class ReleaseCrash(ValueError):
     """The release raises an exception on this input; ``rules="adaptinf"`` handles it."""
 
 
+_NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
+
+
 def _numpy_floor() -> None:
-    if int(np.__version__.split(".")[0]) < 2:
+    """Refuse to run where the bin-edge comparisons would promote differently (NumPy 1)."""
+    if not _NUMPY_2:
         raise RuntimeError(f"rules='release' reproduces the release under NumPy >= 2 promotion rules; "
                            f"NumPy {np.__version__} compares its bin edges in other dtypes")
 
@@ -58,6 +62,7 @@ def entropy(values: Any, nbins: int = BINS) -> float:
     Returns:
         float; NaN when the values have no spread or no value falls inside the edges.
     """
+    _numpy_floor()
     x = np.nan_to_num(np.asarray(values))
     with np.errstate(divide="ignore", invalid="ignore"):
         std = np.std(x)
@@ -159,6 +164,7 @@ def ccs(values: Any, bins: int, budget: int, rng: Any = random) -> np.ndarray:
     Raises:
         ReleaseCrash: where the release's quota turns negative and ``random.sample`` refuses it.
     """
+    _numpy_floor()
     values = np.asarray(values)
     if values.size == 0:
         raise ReleaseCrash("the release's CCS indexes the sorted scores of an empty cluster; "
@@ -245,7 +251,6 @@ def select(labels: Any, scores: Mapping[str, np.ndarray], n_clusters: int, budge
         ReleaseCrash: a cluster of fewer than 10 samples (the release's preview draw), or the
             budget split or CCS failing as in the release.
     """
-    _numpy_floor()
     labels_np = np.asarray(torch.as_tensor(labels).cpu().numpy(), dtype=np.int64)
     members = [np.flatnonzero(labels_np == c) for c in range(n_clusters)]
     for c, idx in enumerate(members):
