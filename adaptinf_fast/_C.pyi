@@ -17,15 +17,17 @@ def projection_rows_host(rows: int, cols: int, seed: int, row_offset: int, kind:
 
 def cuda_device_count() -> int: ...
 def cuda_runtime_version() -> int: ...
+def pipeline_arch(dtype: int, ptr: int, row_pitch: int, device: int) -> int:
+    """Kernels a 16-bit launch on these rows takes: 90 (wgmma pipeline), 80 (mma.sync pipeline), 0 (WMMA tiles)."""
 
 def project(x: int, dtype: int, ws: int, batch: int, p: int, k: int, ldx: int, seed: int, row_offset: int,
             p_per_split: int, kind: str, stream: int, device: int) -> None:
     """ws[s] = x[:, s*p_per_split:(s+1)*p_per_split] @ R[row_offset + ...], unscaled, float32 (splits, batch, k)."""
 
 def kmeans_assign(x: int, c: int, dtype: int, c_sqnorm: int, x_sqnorm: int, labels: int, values: int, n: int,
-                  k: int, d: int, cosine: bool, stream: int, device: int) -> None:
-    """Fused nearest-centroid search: labels int64 (n,), values float32 (n,)."""
+                  k: int, d: int, cosine: bool, stream: int, device: int, second: int = 0) -> None:
+    """Fused nearest-centroid search: labels int64 (n,), values float32 (n,) [, second-best float32 (n,)]."""
 
 def max_sim(xs: int, dtype: int, cluster_start: int, tiles: int, n_tiles: int, best: int, arg: int, n: int, d: int,
-            stream: int, device: int) -> None:
-    """Max similarity to an earlier row of the same cluster over cluster-major rows."""
+            stream: int, device: int, second: int = 0) -> None:
+    """Max similarity to an earlier row of the same cluster over cluster-major rows [, second best]."""

@@ -42,7 +42,8 @@ def info() -> int:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            print(f"device {i}      {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB")
+            print(f"device {i}      {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB"
+                  + (f"; CUDA kernels on 16-bit rows: {_pipeline_path(ext or jit, i)}" if ext or jit else ""))
     else:
         print("devices       no CUDA device visible to torch")
     cpu = available_backends("cpu")
@@ -63,6 +64,16 @@ def info() -> int:
         print("  (no GPU visible: on CUDA tensors auto takes a measured backend where MEASURED lists one, "
               "else the first usable of triton > cuda > torch)")
     return 0
+
+
+def _pipeline_path(kernels, device: int) -> str:
+    """Which CUDA kernels a 16-bit launch with aligned rows takes on ``device`` (kernels/pipe.cuh)."""
+    import torch
+
+    probe = torch.empty(16, dtype=torch.bfloat16, device=f"cuda:{device}")
+    arch = kernels.pipeline_arch(2, probe.data_ptr(), 8, device)
+    return {90: "wgmma pipeline (sm_90a)", 80: "mma.sync pipeline (sm_80 path)"}.get(
+        arch, "WMMA tiles (no pipeline: set off, or too little shared memory per block)")
 
 
 def _quiet_transformers() -> None:

@@ -34,12 +34,12 @@ case "$what" in
     # every kernel (Triton and CUDA) and the featurizer on CUDA tensors against the references
     timeout "$left" python3 -m pytest -q -p no:cacheprovider tests/test_philox.py tests/test_projection.py \
       tests/test_projection_kernels.py tests/test_linear_grads.py tests/test_kmeans.py tests/test_kmeans_kernels.py \
-      tests/test_dedup.py tests/test_dedup_kernels.py tests/test_features.py 2>&1 | tee "$OUT/tests.txt" | tail -12
+      tests/test_dedup.py tests/test_dedup_kernels.py tests/test_features.py tests/test_cuda_pipeline.py 2>&1 | tee "$OUT/tests.txt" | tail -12
     # the same CUDA kernels compiled at first use through CuPy/NVRTC instead of _C
     left=$(( LIMIT - SECONDS > 30 ? LIMIT - SECONDS : 30 ))
     if python3 -c "import cupy" 2>/dev/null; then
       ADAPTINF_CUDA_JIT=1 timeout "$left" python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_projection_kernels.py \
-        tests/test_kmeans_kernels.py tests/test_dedup_kernels.py tests/test_philox.py 2>&1 | tee "$OUT/tests-jit.txt" | tail -5
+        tests/test_kmeans_kernels.py tests/test_dedup_kernels.py tests/test_philox.py tests/test_cuda_pipeline.py 2>&1 | tee "$OUT/tests-jit.txt" | tail -5
     fi
     ;;
   bench)

@@ -10,8 +10,11 @@ issue bound (tensor-core cycles / max(tensor-core cycles, issued instructions) p
     python bench/static_check.py [--arch 90 80] [--only projection kmeans dedup featurizer cuda]
                                  [--json bench/results/static-sm90.json]
 
-Exit status 1 when a kernel fails to compile, a production-shape launch spills registers, or a
-production shape's main loop misses its issue-bound target on sm_90 (``bench/static/cases.py``).
+Exit status 1 when a kernel fails to compile, a production-shape launch spills registers, a
+production shape's main loop misses its issue-bound target on sm_90 (``bench/static/cases.py``),
+or a pipelined CUDA kernel (``kernels/pipe.cuh``) spills or misses its target on the architecture
+it runs on (``bench/static/cuda.py``: projection 0.70, k-means and max-sim 0.60; warp-specialised
+model in ``sass.warp_specialised``).
 """
 
 from __future__ import annotations
@@ -155,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(exc)
             for row in cuda_rows:
                 print(_fmt(row))
+                name = f"cuda {row['kernel']} {row['arch']}"
+                target = row.get("target_issue_bound")
+                bound = (row.get("main_loop") or {}).get("issue_bound", 0.0)
+                if target is not None and bound < target:
+                    failures.append(f"{name}: issue bound {bound:.2f} is below its target {target:.2f}")
+                if target is not None and spills(row):
+                    failures.append(f"{name}: spills ({row.get('spill_bytes')} B)")
         out = Path(args.json) if args.json and len(args.arch) == 1 else Path(args.json_dir) / f"static-sm{arch}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"arch": f"sm_{arch}", "triton": _version("triton"), "torch": torch.__version__,

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -22,6 +23,9 @@ struct Grid {
   long long x, y, z;
 };
 
+// The largest dynamic shared memory of a pipelined kernel (pipe.cuh Layout<2>::kLaunchBytes).
+constexpr unsigned kPipeSharedBytes = 4 * (128 + 128) * 128 + 2 * 4 * 8 + 1024;
+
 // Grid limits of every CUDA device since sm_30 (and of the emulator).
 inline void check_grid(const Grid& g, const char* what) {
   if (g.x > 0x7fffffffLL || g.y > 65535 || g.z > 65535)
@@ -40,6 +44,19 @@ inline void check_launch(const char*) {}
                              static_cast<unsigned>((grid).z)},                                        \
         ::adaptinf_emu::Dim3{static_cast<unsigned>(threads), 1u, 1u}, [&] { kernel(__VA_ARGS__); }); \
   } while (0)
+#define ADAPTINF_LAUNCH_SMEM(kernel, grid, threads, smem, stream, ...)                                       \
+  do {                                                                                                       \
+    (void)(stream);                                                                                          \
+    ::adaptinf_emu::launch(                                                                                  \
+        ::adaptinf_emu::Dim3{static_cast<unsigned>((grid).x), static_cast<unsigned>((grid).y),               \
+                             static_cast<unsigned>((grid).z)},                                               \
+        ::adaptinf_emu::Dim3{static_cast<unsigned>(threads), 1u, 1u}, [&] { kernel(__VA_ARGS__); }, (smem)); \
+  } while (0)
+// The emulator takes the path ADAPTINF_EMULATE_ARCH names (90: wgmma, default; 80: mma.sync).
+inline int device_pipe_arch(int) {
+  const char* arch = std::getenv("ADAPTINF_EMULATE_ARCH");
+  return arch != nullptr && std::string(arch) == "80" ? 80 : 90;
+}
 #else
 inline void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
@@ -54,7 +71,37 @@ inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
   kernel<<<dim3(static_cast<unsigned>((grid).x), static_cast<unsigned>((grid).y),                       \
                 static_cast<unsigned>((grid).z)),                                                        \
            (threads), 0, reinterpret_cast<cudaStream_t>(stream)>>>(__VA_ARGS__)
+#define ADAPTINF_LAUNCH_SMEM(kernel, grid, threads, smem, stream, ...)                                        \
+  do {                                                                                                        \
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)), \
+          "cudaFuncSetAttribute");                                                                           \
+    kernel<<<dim3(static_cast<unsigned>((grid).x), static_cast<unsigned>((grid).y),                           \
+                  static_cast<unsigned>((grid).z)),                                                          \
+             (threads), (smem), reinterpret_cast<cudaStream_t>(stream)>>>(__VA_ARGS__);                      \
+  } while (0)
+// wgmma SASS exists only for sm_90a (CMake defines ADAPTINF_HAS_SM90A when it builds it); every
+// other GPU from sm_80 on takes the mma.sync path (newer ones through the PTX), older ones WMMA.
+// GPUs whose blocks cannot have the pipeline's shared memory (sm_86 / sm_89: 99 KiB) keep WMMA.
+inline int device_pipe_arch(int device) {
+  int major = 0, smem = 0;
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+  if (smem < static_cast<int>(kPipeSharedBytes)) return 0;
+#if defined(ADAPTINF_HAS_SM90A)
+  if (major == 9) return 90;
 #endif
+  return major >= 8 ? 80 : 0;
+}
+#endif
+
+// Which kernels a 16-bit launch takes: the pipelined ones (pipe.cuh) on ARCH 90 or 80, or 0 for the
+// WMMA tile kernels (fp32, rows that are not 16-byte aligned, ADAPTINF_CUDA_PIPELINE=0, pre-sm_80).
+inline int pipe_arch(int dtype, int device, std::uintptr_t ptr, long long row_pitch) {
+  const char* off = std::getenv("ADAPTINF_CUDA_PIPELINE");
+  if (off != nullptr && std::string(off) == "0") return 0;
+  if (dtype == kFloat32 || ptr % 16 != 0 || row_pitch % 8 != 0) return 0;
+  return device_pipe_arch(device);
+}
 
 inline long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }
 

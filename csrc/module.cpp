@@ -64,23 +64,24 @@ void project(std::uintptr_t x, int dtype, std::uintptr_t ws, std::int64_t batch,
 
 void kmeans_assign(std::uintptr_t x, std::uintptr_t c, int dtype, std::uintptr_t c_sqnorm, std::uintptr_t x_sqnorm,
                    std::uintptr_t labels, std::uintptr_t values, std::int64_t n, std::int64_t k, std::int64_t d,
-                   bool cosine, std::uintptr_t stream, int device) {
+                   bool cosine, std::uintptr_t stream, int device, std::uintptr_t second) {
   check_sizes("kmeans_assign", {n, k, d});
   check_pointers("kmeans_assign", n > 0, {x, c, labels, values});
   if (!cosine) check_pointers("kmeans_assign", n > 0, {c_sqnorm, x_sqnorm});
   check_device("kmeans_assign", device);
   py::gil_scoped_release release;
-  adaptinf::launch_kmeans_assign(x, c, dtype, c_sqnorm, x_sqnorm, labels, values, n, k, d, cosine, stream, device);
+  adaptinf::launch_kmeans_assign(x, c, dtype, c_sqnorm, x_sqnorm, labels, values, n, k, d, cosine, stream, device,
+                                 second);
 }
 
 void max_sim(std::uintptr_t xs, int dtype, std::uintptr_t cluster_start, std::uintptr_t tiles, std::int64_t n_tiles,
              std::uintptr_t best, std::uintptr_t arg, std::int64_t n, std::int64_t d, std::uintptr_t stream,
-             int device) {
+             int device, std::uintptr_t second) {
   check_sizes("max_sim", {n_tiles, n, d});
   check_pointers("max_sim", n > 0, {xs, cluster_start, tiles, best, arg});
   check_device("max_sim", device);
   py::gil_scoped_release release;
-  adaptinf::launch_max_sim(xs, dtype, cluster_start, tiles, n_tiles, best, arg, n, d, stream, device);
+  adaptinf::launch_max_sim(xs, dtype, cluster_start, tiles, n_tiles, best, arg, n, d, stream, device, second);
 }
 
 // Host execution of the very device functions the kernels use: lets CPU-only CI check the mapping.
@@ -116,6 +117,9 @@ void define(py::module_& m) {
         py::arg("row_offset"), py::arg("kind"),
         "Host run of the device mapping (seed, row, col) -> unscaled R entry, row-major (small sizes).");
   m.def("cuda_device_count", &adaptinf::cuda_device_count, "Visible CUDA devices (0 without a driver).");
+  m.def("pipeline_arch", &adaptinf::pipeline_arch, py::arg("dtype"), py::arg("ptr"), py::arg("row_pitch"),
+        py::arg("device"),
+        "Kernels a 16-bit launch on these rows takes: 90 (wgmma pipeline), 80 (mma.sync pipeline), 0 (WMMA tiles).");
   m.def("cuda_runtime_version", &adaptinf::cuda_runtime_version, "Version of the linked CUDA runtime.");
   m.def("project", &project, py::arg("x"), py::arg("dtype"), py::arg("ws"), py::arg("batch"), py::arg("p"),
         py::arg("k"), py::arg("ldx"), py::arg("seed"), py::arg("row_offset"), py::arg("p_per_split"), py::arg("kind"),
@@ -123,11 +127,12 @@ void define(py::module_& m) {
         "ws[s] = x[:, s*p_per_split:(s+1)*p_per_split] @ R[row_offset + ...] (unscaled, float32 (splits, batch, k)).");
   m.def("kmeans_assign", &kmeans_assign, py::arg("x"), py::arg("c"), py::arg("dtype"), py::arg("c_sqnorm"),
         py::arg("x_sqnorm"), py::arg("labels"), py::arg("values"), py::arg("n"), py::arg("k"), py::arg("d"),
-        py::arg("cosine"), py::arg("stream"), py::arg("device"),
-        "Fused nearest-centroid search: labels int64 (n,), values float32 (n,).");
+        py::arg("cosine"), py::arg("stream"), py::arg("device"), py::arg("second") = 0,
+        "Fused nearest-centroid search: labels int64 (n,), values float32 (n,) [, second-best float32 (n,)].");
   m.def("max_sim", &max_sim, py::arg("xs"), py::arg("dtype"), py::arg("cluster_start"), py::arg("tiles"), py::arg("n_tiles"),
         py::arg("best"), py::arg("arg"), py::arg("n"), py::arg("d"), py::arg("stream"), py::arg("device"),
-        "Max similarity to an earlier row of the same cluster over cluster-major rows.");
+        py::arg("second") = 0,
+        "Max similarity to an earlier row of the same cluster over cluster-major rows [, second best].");
 }
 
 }  // namespace
@@ -141,7 +146,8 @@ PYBIND11_MODULE(_cuda_emu, m) {
   m.doc() = "adaptinf_fast CUDA kernels run by the host emulator (tests: host pointers, one launch at a time)";
   define(m);
   m.def("selftest", &adaptinf::emu_selftest, py::arg("name"),
-        "Launch a kernel that breaks a CUDA rule on purpose ('divergent_barrier', 'misaligned_wmma').");
+        "Launch a kernel that breaks a CUDA rule on purpose ('divergent_barrier', 'misaligned_wmma', "
+        "'cp_async_misaligned', 'mbarrier_uninitialised', 'wgmma_unswizzled').");
 }
 #else
 PYBIND11_MODULE(_C, m) {

@@ -1,5 +1,6 @@
 #include <cuda_runtime.h>
 
+#include "cuda_util.h"
 #include "launch.h"
 
 namespace adaptinf {
@@ -11,6 +12,10 @@ int cuda_device_count() {
     return 0;
   }
   return n;
+}
+
+int pipeline_arch(int dtype, std::uintptr_t ptr, std::int64_t row_pitch, int device) {
+  return pipe_arch(dtype, device, ptr, row_pitch);
 }
 
 int cuda_runtime_version() {

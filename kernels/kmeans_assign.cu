@@ -10,6 +10,7 @@
 #include <math.h>
 #endif
 
+#include "pipe.cuh"
 #include "tile_mma.cuh"
 
 namespace adaptinf {
@@ -56,6 +57,85 @@ __global__ void __launch_bounds__(kThreads)
     }
     labels[r0 + row] = best_index;
     values[r0 + row] = COSINE ? -best : fmaxf(best + x_sqnorm[r0 + row], 0.0f);
+  }
+}
+
+// ---- The pipelined 16-bit kernel (pipe.cuh) ------------------------------------------------------
+//
+// Block: 128 rows of x, 2 consumer warpgroups; the stages walk (centroid tile of 128, D step of 64)
+// in that order, so the producers prefetch the next centroid tile while the consumers fold the last
+// one. Each thread keeps a running (best, index) for its two rows over its 32 columns of every
+// tile, visiting columns in increasing order and replacing only on a strictly better score; the
+// four lanes sharing a row merge with ties to the lower index. Same scores and tie rule as above.
+// With `second_out`, `values` gets the raw best score and `second_out` the second best (an exact tie
+// makes them equal): the inputs of the float32 screen of ops/screen.py, as the Triton kernel gives.
+template <typename T, bool COSINE, int ARCH>
+__global__ void __launch_bounds__(pipe::Layout<2>::kThreads, 1)
+    adaptinf_kmeans_assign_pipe(const T* __restrict__ x, const T* __restrict__ c,
+                                const float* __restrict__ c_sqnorm, const float* __restrict__ x_sqnorm,
+                                long long* __restrict__ labels, float* __restrict__ values,
+                                float* __restrict__ second_out, long long n, long long k, long long d) {
+  using namespace pipe;
+  constexpr int C = 2;
+  const Pipe<C> pp = make_pipe<C>();
+  const long long r0 = static_cast<long long>(blockIdx.x) * Layout<C>::kBM;
+  const long long dsteps = (d + kBK - 1) / kBK, ktiles = (k + kBN - 1) / kBN;
+  if (is_producer()) {
+    const int s = producer_warp();
+    for (long long it = s; it < ktiles * dsteps; it += kStages) {
+      acquire(pp.empty(s), it / kStages);
+      const long long d0 = (it % dsteps) * kBK;
+      load_rows_async<T, Layout<C>::kBM>(pp.a(s), x, r0, n, d, d0, d);
+      load_rows_async<T, kBN>(pp.b(s), c, (it / dsteps) * kBN, k, d, d0, d);
+      publish(pp.full(s));
+    }
+    return;
+  }
+  float best[2] = {INFINITY, INFINITY}, second[2] = {INFINITY, INFINITY};
+  long long index[2] = {0, 0};
+  float acc[64];
+  for (long long t = 0; t < ktiles; ++t) {
+    consume<T, ARCH, C>(pp, t * dsteps, dsteps, acc);
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      const long long g = t * kBN + acc_col(i);
+      if (g < k) {
+        const float score = COSINE ? -acc[i] : c_sqnorm[g] - 2.0f * acc[i];
+        const int h = (i >> 1) & 1;
+        if (score < best[h]) {
+          second[h] = best[h];
+          best[h] = score;
+          index[h] = g;
+        } else if (score < second[h]) {
+          second[h] = score;  // an exact tie lands here: gap 0
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int mask = 1; mask <= 2; mask <<= 1) {
+      const float other = ptx::shfl_xor(best[h], mask), other_second = ptx::shfl_xor(second[h], mask);
+      const long long other_index = ptx::shfl_xor(index[h], mask);
+      if (other < best[h] || (other == best[h] && other_index < index[h])) {
+        second[h] = fminf(other_second, best[h]);
+        best[h] = other;
+        index[h] = other_index;
+      } else {
+        second[h] = fminf(second[h], other);
+      }
+    }
+    const long long row = r0 + consumer() * 64 + acc_row(2 * h);
+    if (threadIdx.x % 4 == 0 && row < n) {
+      labels[row] = index[h];
+      if (second_out != nullptr) {  // the screen's inputs: raw best and second-best scores
+        values[row] = best[h];
+        second_out[row] = second[h];
+      } else {
+        values[row] = COSINE ? -best[h] : fmaxf(best[h] + x_sqnorm[row], 0.0f);
+      }
+    }
   }
 }
 

@@ -11,6 +11,7 @@
 #include <math.h>
 #endif
 
+#include "pipe.cuh"
 #include "tile_mma.cuh"
 
 namespace adaptinf {
@@ -67,6 +68,85 @@ __global__ void __launch_bounds__(kThreads)
     }
     best_out[g_row] = best;
     arg_out[g_row] = arg;
+  }
+}
+
+// ---- The pipelined 16-bit kernel (pipe.cuh) ------------------------------------------------------
+//
+// Block: one 64-row tile of `tiles`, 1 consumer warpgroup; the stages walk (column tile of 128 from
+// the smallest cluster start among the rows, D step of 64). Same mask and tie rule as above: a
+// running (max, argmax) per row over increasing columns, strictly greater replaces, the four lanes
+// sharing a row merge with ties to the earliest column. With `second_out` the second-best similarity
+// is written too, for the float32 screen of ops/screen.py (as the Triton kernel does).
+template <typename T, int ARCH>
+__global__ void __launch_bounds__(pipe::Layout<1>::kThreads, 1)
+    adaptinf_max_sim_pipe(const T* __restrict__ xs, const long long* __restrict__ cluster_start,
+                          const long long* __restrict__ tiles, float* __restrict__ best_out,
+                          long long* __restrict__ arg_out, float* __restrict__ second_out, long long n,
+                          long long d) {
+  using namespace pipe;
+  constexpr int C = 1;
+  const Pipe<C> pp = make_pipe<C>();
+  const long long r0 = tiles[blockIdx.x];
+  long long col_lo = r0;
+  for (int r = 0; r < 64 && r0 + r < n; ++r) col_lo = min_ll(col_lo, cluster_start[r0 + r]);
+  const long long col_hi = min_ll(r0 + 64, n);
+  const long long dsteps = (d + kBK - 1) / kBK, ctiles = (col_hi - col_lo + kBN - 1) / kBN;
+  if (is_producer()) {
+    const int s = producer_warp();
+    for (long long it = s; it < ctiles * dsteps; it += kStages) {
+      acquire(pp.empty(s), it / kStages);
+      const long long d0 = (it % dsteps) * kBK;
+      load_rows_async<T, 64>(pp.a(s), xs, r0, n, d, d0, d);
+      load_rows_async<T, kBN>(pp.b(s), xs, col_lo + (it / dsteps) * kBN, n, d, d0, d);
+      publish(pp.full(s));
+    }
+    return;
+  }
+  long long row[2], start[2], arg[2] = {-1, -1};
+  float best[2] = {-INFINITY, -INFINITY}, second[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    row[h] = r0 + acc_row(2 * h);
+    start[h] = row[h] < n ? cluster_start[row[h]] : n;
+  }
+  float acc[64];
+  for (long long t = 0; t < ctiles; ++t) {
+    consume<T, ARCH, C>(pp, t * dsteps, dsteps, acc);
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      const long long g = col_lo + t * kBN + acc_col(i);
+      const int h = (i >> 1) & 1;
+      if (g >= start[h] && g < row[h]) {
+        if (acc[i] > best[h]) {
+          second[h] = best[h];
+          best[h] = acc[i];
+          arg[h] = g;
+        } else if (acc[i] > second[h]) {
+          second[h] = acc[i];  // an exact tie lands here: gap 0
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int mask = 1; mask <= 2; mask <<= 1) {
+      const float other = ptx::shfl_xor(best[h], mask), other_second = ptx::shfl_xor(second[h], mask);
+      const long long other_arg = ptx::shfl_xor(arg[h], mask);
+      if (other > best[h] || (other == best[h] && other_arg >= 0 && other_arg < arg[h])) {
+        second[h] = fmaxf(other_second, best[h]);
+        best[h] = other;
+        arg[h] = other_arg;
+      } else {
+        second[h] = fmaxf(second[h], other);
+      }
+    }
+    if (threadIdx.x % 4 == 0 && row[h] < n) {
+      best_out[row[h]] = best[h];
+      arg_out[row[h]] = arg[h];
+      if (second_out != nullptr) second_out[row[h]] = second[h];
+    }
   }
 }
 

@@ -7,6 +7,7 @@
 // one 128-column Philox block, so 32 Philox calls feed a whole Rademacher tile. The caller reduces
 // the splits in a fixed order and scales by 1/sqrt(k) (deterministic, no atomics).
 #include "philox.cuh"
+#include "pipe.cuh"
 #include "tile_mma.cuh"
 
 namespace adaptinf {
@@ -61,6 +62,79 @@ __global__ void __launch_bounds__(kThreads)
   for (int i = threadIdx.x; i < kTileM * kTileN; i += kThreads) {
     const int r = i / kTileN, c = i % kTileN;
     if (b0 + r < batch && n0 + c < k) out[(b0 + r) * k + n0 + c] = sm.c[r * kLdC + c];
+  }
+}
+
+// ---- The pipelined 16-bit Rademacher kernel (pipe.cuh) ------------------------------------------
+//
+// Block: 128 batch rows x 128 columns, 2 consumer warpgroups; stages walk P 64 rows at a time. The
+// producer warp of a stage copies the x tile and generates R straight into the K-major B tile:
+// lane (g, q) = (lane / 4, lane % 4) takes P rows row0 + 8g .. 8g + 7 and word q of their Philox
+// blocks (columns 32q .. 32q + 31), so each column's 8 signs form one 16-byte chunk. Two rows' words
+// are interleaved by one byte permute (bit j of both at bits j and j + 16), after which each pair of
+// 16-bit entries is one shift and one LOP: (z << (15 - j)) & 0x80008000 | (+1, +1).
+
+// b[n][k] = R[row0 + k][col0 + n] for k < 64, n < 128 (col0 % 128 == 0), one warp.
+template <typename T>
+__device__ __forceinline__ void rademacher_stage(unsigned char* b, unsigned long long seed, unsigned long long row0,
+                                                 long long col0) {
+  constexpr unsigned kOne = is_same_v<T, __half> ? 0x3C003C00u : 0x3F803F80u;  // +1 in both halves
+  constexpr unsigned kSigns = 0x80008000u;
+  const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const unsigned block = static_cast<unsigned>(col0 >> 7);
+  unsigned w[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) w[i] = block_word(projection_block(seed, row0 + 8 * g + i, block), q);
+  unsigned lo[4], hi[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    lo[i] = __byte_perm(w[2 * i], w[2 * i + 1], 0x5410);  // low halves: bit j of both at j, j + 16
+    hi[i] = __byte_perm(w[2 * i], w[2 * i + 1], 0x7632);  // high halves: bit j at j - 16, j
+  }
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    pipe::U4 v;
+    unsigned* out = &v.x;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[i] = ptx::and_or(j < 16 ? lo[i] << (15 - j) : hi[i] << (31 - j), kSigns, kOne);
+    *reinterpret_cast<pipe::U4*>(b + pipe::swizzle(32 * q + j, g)) = v;
+  }
+}
+
+// ws[split] = x[:, slice] @ R[row_offset + slice, :] for 16-bit x with 16-byte aligned rows (ldx % 8
+// == 0); grid (column tiles of 128, batch tiles of 128, splits of P), pipe::Layout<2> shared memory.
+template <typename T, int ARCH>
+__global__ void __launch_bounds__(pipe::Layout<2>::kThreads, 1)
+    adaptinf_project_pipe(const T* __restrict__ x, float* __restrict__ ws, long long batch, long long p, long long k,
+                          long long ldx, unsigned long long seed, unsigned long long row_offset,
+                          long long p_per_split) {
+  using namespace pipe;
+  constexpr int C = 2;
+  const Pipe<C> pp = make_pipe<C>();
+  const long long n0 = static_cast<long long>(blockIdx.x) * kBN;
+  const long long b0 = static_cast<long long>(blockIdx.y) * Layout<C>::kBM;
+  const long long p_start = static_cast<long long>(blockIdx.z) * p_per_split;
+  const long long p_end = min_ll(p_start + p_per_split, p);
+  const long long steps = (p_end - p_start + kBK - 1) / kBK;
+  if (is_producer()) {
+    const int s = producer_warp();
+    for (long long it = s; it < steps; it += kStages) {
+      acquire(pp.empty(s), it / kStages);
+      const long long p0 = p_start + it * kBK;
+      load_rows_async<T, Layout<C>::kBM>(pp.a(s), x, b0, batch, ldx, p0, p_end);
+      rademacher_stage<T>(pp.b_ptr(s), seed, row_offset + static_cast<unsigned long long>(p0), n0);
+      publish(pp.full(s));
+    }
+    return;
+  }
+  float acc[64];
+  consume<T, ARCH, C>(pp, 0, steps, acc);
+  float* out = ws + static_cast<long long>(blockIdx.z) * batch * k;
+  const long long r0 = b0 + consumer() * 64;
+#pragma unroll
+  for (int i = 0; i < 64; ++i) {
+    const long long r = r0 + acc_row(i), c = n0 + acc_col(i);
+    if (r < batch && c < k) out[r * k + c] = acc[i];
   }
 }
 

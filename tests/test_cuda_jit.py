@@ -68,7 +68,7 @@ def _compile(lib, source: str, names: list[str], options: list[str]) -> tuple[in
     return rc, log.value.decode(), lowered, ptx
 
 
-@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90", "compute_90a"])
 @pytest.mark.parametrize("op", sorted(jit.FILES))
 def test_every_kernel_instance_compiles_with_nvrtc(op, arch):
     lib, inc = _nvrtc(), _cuda_include()
@@ -89,7 +89,8 @@ class FakeCupy(types.ModuleType):
 
     def __init__(self):
         super().__init__("cupy")
-        self.modules, self.launches = [], []
+        self.modules, self.launches, self.shared = [], [], []
+        self.capability, self.optin = "90", 232448
         fake = self
 
         class RawModule:
@@ -97,11 +98,16 @@ class FakeCupy(types.ModuleType):
                 fake.modules.append((code, options, list(name_expressions)))
 
             def get_function(self, name):
-                return lambda grid, block, args, stream=None: fake.launches.append((name, grid, block, args, stream))
+                def launch(grid, block, args, stream=None, shared_mem=0):
+                    fake.launches.append((name, grid, block, args, stream))
+                    fake.shared.append((name, shared_mem, getattr(launch, "max_dynamic_shared_size_bytes", 0)))
+
+                return launch
 
         class Device:
             def __init__(self, index):
                 self.index = index
+                self.compute_capability = fake.capability
 
             def __enter__(self):
                 return self
@@ -110,7 +116,8 @@ class FakeCupy(types.ModuleType):
                 return False
 
         self.RawModule = RawModule
-        self.cuda = types.SimpleNamespace(Device=Device, ExternalStream=lambda ptr: ("stream", ptr))
+        runtime = types.SimpleNamespace(deviceGetAttribute=lambda attr, device: fake.optin if attr == 97 else 0)
+        self.cuda = types.SimpleNamespace(Device=Device, ExternalStream=lambda ptr: ("stream", ptr), runtime=runtime)
 
 
 @pytest.fixture
@@ -139,9 +146,34 @@ def test_launchers_use_the_grids_and_argument_types_of_the_c_launchers(fake_cupy
     jit.project(1, 0, 2, 0, 10, 10, 10, 0, 0, 1, "rademacher", 0, 0)  # empty: nothing launched
     assert len(fake_cupy.launches) == 4
     code, options, names = fake_cupy.modules[0]
-    assert code == '#include "project.cu"\n' and any(o.startswith("-I") for o in options) and len(names) == 6
+    assert code == '#include "project.cu"\n' and any(o.startswith("-I") for o in options) and len(names) == 10
     with pytest.raises(ValueError, match="beyond CUDA's limits"):
         jit.project(1, 0, 2, 64 * 70_000, 10, 10, 10, 0, 0, 10, "rademacher", 0, 0)
+
+
+def test_16_bit_aligned_launches_take_the_mma_sync_pipeline(fake_cupy, monkeypatch):
+    rows, threads, smem = jit.pipe_launch(2)
+    assert (rows, threads, smem) == (128, 384, 4 * 256 * 128 + 64 + 1024) and jit.pipe_launch(1)[:2] == (64, 256)
+    jit.project(4096, 2, 2000, 130, 10_000, 200, 10_016, 7, 5, 4096, "rademacher", 0, 0)
+    assert fake_cupy.launches[-1][:3] == ("adaptinf::adaptinf_project_pipe<__nv_bfloat16, 80>", (2, 2, 3), (384,))
+    assert fake_cupy.shared[-1][1:] == (smem, smem)
+    jit.kmeans_assign(4096, 8192, 1, 3, 4, 5, 6, 129, 10, 64, True, 0, 0)
+    assert fake_cupy.launches[-1][:3] == ("adaptinf::adaptinf_kmeans_assign_pipe<__half, true, 80>", (2, 1, 1), (384,))
+    jit.max_sim(4096, 2, 2, 3, 7, 4, 5, 300, 16, 0, 0)
+    assert fake_cupy.launches[-1][:3] == ("adaptinf::adaptinf_max_sim_pipe<__nv_bfloat16, 80>", (7, 1, 1), (256,))
+    assert fake_cupy.shared[-1][1] == jit.pipe_launch(1)[2]
+    # Gaussian, fp32, unaligned rows, too little shared memory, or switched off: the WMMA tiles
+    jit.project(4096, 2, 2000, 130, 10_000, 200, 10_016, 7, 5, 4096, "gaussian", 0, 0)
+    jit.kmeans_assign(4096, 8192, 0, 3, 4, 5, 6, 129, 10, 64, True, 0, 0)
+    jit.max_sim(4096, 2, 2, 3, 7, 4, 5, 300, 12, 0, 0)
+    fake_cupy.optin = 101376  # sm_86: 99 KiB per block
+    jit.max_sim(4096, 2, 2, 3, 7, 4, 5, 300, 16, 0, 0)
+    fake_cupy.optin = 232448
+    monkeypatch.setenv("ADAPTINF_CUDA_PIPELINE", "0")
+    jit.max_sim(4096, 2, 2, 3, 7, 4, 5, 300, 16, 0, 0)
+    assert [n.split("<")[0] for n, *_ in fake_cupy.launches[-5:]] == [
+        "adaptinf::adaptinf_project", "adaptinf::adaptinf_kmeans_assign"] + ["adaptinf::adaptinf_max_sim"] * 3
+    assert jit.pipeline_arch(2, 4096, 16, 0) == 0 and jit.pipeline_arch(0, 4096, 16, 0) == 0
 
 
 def test_the_cuda_backend_launches_through_the_jit_where_asked(fake_cupy, monkeypatch):

@@ -87,13 +87,13 @@ def near_tied_predecessors(rng, n_groups: int, d: int, gap: float):
     return x, torch.arange(n_groups).repeat_interleave(3)
 
 
-@pytest.mark.parametrize("device", [c.values[1] for c in CASES if c.values[0] == "triton"])
-def test_triton_screen_rechecks_near_ties_and_equals_fp32(device, rng, monkeypatch):
-    from adaptinf_fast.ops.dedup import triton as tri
+@pytest.mark.parametrize("backend,device", [c for c in CASES if c.values[0] in ("triton", "cuda")])
+def test_screen_rechecks_near_ties_and_equals_fp32(backend, device, rng, monkeypatch):
+    from adaptinf_fast.ops.dedup import screened as tri
 
     x, labels = near_tied_predecessors(rng, 200, 64, gap=2e-5)
     m_want, i_want = af.cluster_max_similarity(x, labels, backend="torch")
-    m_raw, i_raw = af.cluster_max_similarity(x.to(device), labels.to(device), exact=False, backend="triton")
+    m_raw, i_raw = af.cluster_max_similarity(x.to(device), labels.to(device), exact=False, backend=backend)
     wrong = int((i_raw.cpu() != i_want).sum())
     assert wrong > 0, "fp16 screening alone cannot separate these ties (else the test shows nothing)"
     fin = torch.isfinite(m_want)
@@ -101,7 +101,7 @@ def test_triton_screen_rechecks_near_ties_and_equals_fp32(device, rng, monkeypat
     redone = []
     real = tri.exact_rows
     monkeypatch.setattr(tri, "exact_rows", lambda xn, lab, order, rows: redone.append(len(rows)) or real(xn, lab, order, rows))
-    m, i = af.cluster_max_similarity(x.to(device), labels.to(device), backend="triton")
+    m, i = af.cluster_max_similarity(x.to(device), labels.to(device), backend=backend)
     assert redone and redone[0] >= wrong  # at least every wrongly screened row was recomputed
     assert redone[0] <= 200  # ...and only the near-tied ones (the third row of each cluster)
     assert torch.equal(i.cpu(), i_want)

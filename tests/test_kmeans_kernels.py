@@ -66,10 +66,17 @@ def near_tied_centroids(rng, n: int, d: int, gap: float):
     return x, c
 
 
-@pytest.mark.parametrize("device", [c.values[1] for c in CASES if c.values[0] == "triton"])
+SCREENING = [c for c in CASES if c.values[0] in ("triton", "cuda")]  # 16-bit screen, float32 decisions
+
+
+@pytest.mark.parametrize("backend,device", SCREENING)
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
-def test_triton_screen_rechecks_near_ties_and_equals_fp32(device, metric, rng, monkeypatch):
-    from adaptinf_fast.ops.kmeans import triton as tri
+def test_screen_rechecks_near_ties_and_equals_fp32(backend, device, metric, rng, monkeypatch):
+    import importlib
+
+    from adaptinf_fast.ops.kmeans import screened
+
+    tri = importlib.import_module(f"adaptinf_fast.ops.kmeans.{backend}")
 
     x, c = near_tied_centroids(rng, 400, 96, gap=3e-5)
     want_l, want_v = af.kmeans_assign(x, c, metric=metric, backend="torch")
@@ -79,24 +86,26 @@ def test_triton_screen_rechecks_near_ties_and_equals_fp32(device, metric, rng, m
     wrong = int((raw.cpu() != want_l).sum())
     assert wrong > 0, "16-bit screening alone cannot separate these ties (else the test shows nothing)"
     redone = []
-    real = tri.reference.assign
-    monkeypatch.setattr(tri.reference, "assign", lambda x_, *a, **k: redone.append(len(x_)) or real(x_, *a, **k))
-    labels, value = af.kmeans_assign(x.to(device), c.to(device), metric=metric, backend="triton")
+    real = screened.reference.assign
+    monkeypatch.setattr(screened.reference, "assign", lambda x_, *a, **k: redone.append(len(x_)) or real(x_, *a, **k))
+    labels, value = af.kmeans_assign(x.to(device), c.to(device), metric=metric, backend=backend)
     assert redone and wrong <= redone[0] <= 400
     assert torch.equal(labels.cpu(), want_l)
     scale = float(xp.pow(2).sum(1).max() + cp.pow(2).sum(1).max())  # ‖x‖² − 2x·c + ‖c‖² cancels
     torch.testing.assert_close(value.cpu(), want_v, rtol=1e-6, atol=1e-6 * scale)
 
 
-@pytest.mark.parametrize("device", [c.values[1] for c in CASES if c.values[0] == "triton"])
-def test_lloyd_keeps_the_screened_rows_across_iterations(device, rng, monkeypatch):
-    from adaptinf_fast.ops.kmeans import triton as tri
+@pytest.mark.parametrize("backend,device", SCREENING)
+def test_lloyd_keeps_the_screened_rows_across_iterations(backend, device, rng, monkeypatch):
+    import importlib
+
+    tri = importlib.import_module(f"adaptinf_fast.ops.kmeans.{backend}")
 
     calls = []
     real = tri.screened_rows
     monkeypatch.setattr(tri, "screened_rows", lambda x_, m: calls.append(len(x_)) or real(x_, m))
     x = torch.randn(500, 8, generator=rng) + torch.randint(0, 3, (500, 1), generator=rng) * 4
-    km = af.KMeans(3, seed=1, backend="triton", max_iter=6, tol=0).fit(x.to(device))
+    km = af.KMeans(3, seed=1, backend=backend, max_iter=6, tol=0).fit(x.to(device))
     assert km.n_iter_ > 1 and len(calls) == 1  # one screened copy of the (single-chunk) data
     ref = af.KMeans(3, seed=1, backend="torch", max_iter=6, tol=0).fit(x)
     assert torch.equal(km.labels_.cpu(), ref.labels_) and km.inertia_ == pytest.approx(ref.inertia_, rel=1e-6)

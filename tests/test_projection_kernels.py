@@ -62,7 +62,7 @@ def test_split_p_workspace_reduction_and_out_accumulation(backend, device, rng, 
     if backend == "cuda":
         from adaptinf_fast.ops.projection import cuda
 
-        monkeypatch.setattr(cuda, "_splits", lambda b, p, k, dev: 3)
+        monkeypatch.setattr(cuda, "_splits", lambda b, p, k, dev, tile: 3)
     x = torch.randn(3, 101, generator=rng)
     out = torch.full((3, 70), 2.0)
     got = af.project(x.to(device), 70, seed=1, out=out.to(device), backend=backend).cpu()

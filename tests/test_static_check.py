@@ -83,3 +83,26 @@ def test_resources_and_occupancy():
 def test_no_loop_with_tensor_instructions():
     (_, instrs), = sass.parse(listing(["IMAD R2, R3, R4, RZ", "@P0 BRA 0x0", "EXIT"])).items()
     assert sass.main_loop(instrs, 90) == (None, None)
+
+
+def test_warp_specialised_bound_adds_a_quarter_of_the_producer_stage_per_smsp():
+    text = listing([
+        "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [R2], R3",     # 0x00  producer stage loop
+        "LDGSTS.E.BYPASS.128.ZFILL [R4], desc[UR8][R6.64]",  # 0x10
+        "STS.128 [R5], R8",                                 # 0x20
+    ] + ["IMAD R2, R3, R4, RZ"] * 96 + [                    # 0x30 .. 0x620
+        "@P1 BRA 0x0",                                      # 0x630
+        "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24",    # 0x640  consumer loop: 64 tensor cycles
+        "IADD3 R7, R7, 0x1, RZ",
+        "@P2 BRA 0x640",
+        "EXIT",
+    ])
+    (_, instrs), = sass.parse(text).items()
+    consumer, _ = sass.main_loop(instrs, 90)
+    producer = sass.producer_loop(instrs, 90)
+    assert (consumer.lo, producer.lo) == (0x640, 0x0) and len(producer.own()) == 100
+    both = sass.warp_specialised(sass.report_loop(consumer, 90), sass.report_loop(producer, 90), 8, 4)
+    # two consumer warps per SMSP (2 x 3 instructions, 2 x 64 cycles) + 100 / 4 producer instructions
+    assert (both.instructions, both.tensor_cycles) == (31, 128.0) and both.issue_bound == 1.0
+    one = sass.warp_specialised(sass.report_loop(consumer, 90), sass.report_loop(producer, 90), 4, 1)
+    assert one.instructions == 103 and one.issue_bound == pytest.approx(64 / 103)  # one producer warp: one SMSP

@@ -93,7 +93,7 @@ def _maxsim(sizes: list[int], d: int) -> Callable[[], None]:
         n = sum(sizes)
         labels = torch.cat([torch.full((s,), i, dtype=torch.int64) for i, s in enumerate(sizes)]).to(META)
         low = torch.empty(n, -(-d // 16) * 16, dtype=torch.float16, device=META)  # screen.low_copy's shape
-        dt.screened(low, labels, torch.arange(n, device=META))
+        dt.screened_launch(low, labels, torch.arange(n, device=META))
 
     return run
 

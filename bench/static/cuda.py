@@ -15,6 +15,30 @@ LAUNCHERS = ("project_launch.cu", "kmeans_launch.cu", "dedup_launch.cu")
 # kernels/tile_mma.cuh: every kernel walks its reduction 32 deep per iteration on a 64 x 64 tile
 USEFUL_FLOPS_PER_ITER = 2 * 64 * 64 * 32
 THREADS = 128
+# kernels/pipe.cuh: (consumer warpgroups, issue-bound target) of the warp-specialised 16-bit kernels.
+# A stage is 64 C rows x 128 columns x 64 deep; the block adds one producer warpgroup; shared
+# memory is 4 stages of (64 C + 128) rows x 128 bytes, the barriers and 1 KiB of alignment slack.
+PIPE = {"project_pipe": (2, 0.70), "kmeans_assign_pipe": (2, 0.60), "max_sim_pipe": (1, 0.60)}
+
+
+def _pipe_row(row: dict, family: str, template_arch: int, instrs, num: int) -> None:
+    """Adds the warp-specialised view of a pipe kernel to its report row (see sass.warp_specialised)."""
+    c, target = PIPE[family]
+    row.update(threads=128 * (c + 1), smem_bytes=4 * (64 * c + 128) * 128 + 64 + 1024,
+               runs_on_this_arch=template_arch == (90 if num >= 90 else 80))
+    row["blocks_per_sm"] = sass.occupancy(row["regs"] or 0, row["smem_bytes"], row["threads"], num)
+    row["target_issue_bound"] = target if row["runs_on_this_arch"] else None
+    inner, _ = sass.main_loop(instrs, num)
+    producer = sass.producer_loop(instrs, num)
+    if inner is None or producer is None:
+        row.pop("main_loop", None)
+        return
+    useful = 2 * 64 * c * 128 * 64
+    row["consumer_loop"] = sass.summary(sass.report_loop(inner, num), useful / c, 4, num)
+    prod = sass.report_loop(producer, num)
+    row["producer_loop"] = {"instructions": prod.instructions, "mix": sass.categories(prod.mix)}
+    both = sass.warp_specialised(sass.report_loop(inner, num), prod, 4 * c, 4)
+    row["main_loop"] = sass.summary(both, useful, 4, num)  # one SMSP's share of a stage: 4 "warps" = the SM
 
 _PTXAS_FN = re.compile(r"Compiling entry function '(\S+)' for '(\S+)'")
 _PTXAS_USED = re.compile(r"Used (\d+) registers")
@@ -87,5 +111,8 @@ def report(arch: str) -> list[dict]:
             if inner is not None:
                 loop = sass.report_loop(inner, num)
                 row.update(main_loop=sass.summary(loop, USEFUL_FLOPS_PER_ITER, THREADS // 32, num))
+            family = short.group(1).split("<")[0] if short else ""
+            if family in PIPE:
+                _pipe_row(row, family, int(re.search(r"(\d+)>$", row["kernel"]).group(1)), instrs, num)
             rows.append(row)
     return rows

@@ -144,6 +144,35 @@ def amortised(inner: Loop, outer: Loop, trips: int, arch: int) -> LoopReport:
                       {k: int(round(v)) for k, v in counts.most_common()})
 
 
+def producer_loop(instrs: list[Instr], arch: int) -> Loop | None:
+    """The producer warps' stage loop of a warp-specialised kernel: among the loops without
+    tensor-core instructions, the one with the most shared-memory fills (LDGSTS, STS, UTMALDG) of
+    its own, the shortest of those (a wait's retry branch placed after the code can make a longer
+    backward jump that spans the stage loop and the consumers' code; it is not the stage loop)."""
+    def fills(lp: Loop) -> int:
+        return sum(1 for i in lp.own() if i.opcode.startswith(("LDGSTS", "STS", "UTMALDG")))
+
+    found = [lp for lp in loops(instrs) if _cycles(lp.own(), arch) == 0 and fills(lp)]
+    return max(found, key=lambda lp: (fills(lp), -(lp.hi - lp.lo)), default=None)
+
+
+def warp_specialised(consumer: LoopReport, producer: LoopReport, consumer_warps: int, producer_warps: int) -> LoopReport:
+    """One pipeline stage on the busiest SM sub-partition (SMSP) of a warp-specialised kernel.
+
+    Warp w runs on SMSP w % 4. Every consumer warp runs one consumer-loop iteration per stage
+    (``consumer_warps / 4`` of them per SMSP, whose tensor-core cycles the SMSP's tensor core
+    serves); one producer warp fills each stage with one producer-loop iteration, the producer
+    warps taking the stages in turn, so the busiest SMSP issues ceil(P / 4) / P producer
+    iterations per stage. Issue bound = tensor cycles / max(tensor cycles, issued instructions)."""
+    per_smsp = -(-consumer_warps // 4)
+    share = -(-producer_warps // 4) / producer_warps
+    counts = collections.Counter({k: v * per_smsp for k, v in consumer.mix.items()})
+    for k, v in producer.mix.items():
+        counts[k] += v * share
+    return LoopReport(int(round(consumer.instructions * per_smsp + producer.instructions * share)),
+                      consumer.tensor_cycles * per_smsp, {k: int(round(v)) for k, v in counts.most_common()})
+
+
 def tool(name: str) -> str:
     """cuobjdump / nvdisasm: Triton's bundled copies first, then the CUDA toolkit's."""
     try:

@@ -19,6 +19,9 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <map>
+#include <memory>
+#include <algorithm>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -80,6 +83,11 @@ class Barrier {
 };
 
 inline Barrier* barrier_ = nullptr;
+inline std::vector<Barrier*> warp_barriers_;  // one per warp of the running block (ptx_emu.h)
+inline unsigned char* dyn_base_ = nullptr;     // the running block's dynamic shared memory, 1024-aligned
+inline std::size_t dyn_bytes_ = 0;
+void reset_block_state();                      // ptx_emu.h: mbarriers of the previous block
+void reset_thread_state();                     // ptx_emu.h: pending copies and MMAs
 
 inline std::mutex& launch_mutex() {
   static std::mutex m;
@@ -93,7 +101,7 @@ inline bool warp_leader() { return linear_thread() % 32 == 0; }
 
 // Runs body() as grid x block threads; rethrows the first error of any thread.
 template <class F>
-void launch(Dim3 grid, Dim3 block, F&& body) {
+void launch(Dim3 grid, Dim3 block, F&& body, std::size_t smem_bytes = 0) {
   std::lock_guard<std::mutex> guard(launch_mutex());
   const int threads = static_cast<int>(block.x * block.y * block.z);
   if (threads < 1 || threads > 1024) fail("block of " + std::to_string(threads) + " threads");
@@ -105,6 +113,18 @@ void launch(Dim3 grid, Dim3 block, F&& body) {
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         Barrier bar(threads);
         barrier_ = &bar;
+        // Dynamic shared memory starts as 0xFF bytes (16-bit NaNs), so reading unwritten shared
+        // memory shows in results; its window address 0 is 1024-byte aligned.
+        std::vector<unsigned char> smem(smem_bytes + 1024, 0xFF);
+        dyn_base_ = smem.data() + ((1024 - reinterpret_cast<std::uintptr_t>(smem.data()) % 1024) % 1024);
+        dyn_bytes_ = smem_bytes;
+        std::vector<std::unique_ptr<Barrier>> warps;
+        warp_barriers_.clear();
+        for (int w = 0; w * 32 < threads; ++w) {
+          warps.emplace_back(new Barrier(std::min(32, threads - 32 * w)));
+          warp_barriers_.push_back(warps.back().get());
+        }
+        reset_block_state();
         std::vector<long long> syncs(threads);
         std::exception_ptr error;
         std::mutex error_mutex;
@@ -115,6 +135,7 @@ void launch(Dim3 grid, Dim3 block, F&& body) {
             blockIdx_ = Dim3{bx, by, bz};
             threadIdx_ = Dim3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
             syncs_ = 0;
+            reset_thread_state();
             try {
               body();
             } catch (...) {
@@ -123,10 +144,12 @@ void launch(Dim3 grid, Dim3 block, F&& body) {
             }
             syncs[t] = syncs_;
             bar.drop();
+            warp_barriers_[t / 32]->drop();
           });
         }
         for (auto& th : pool) th.join();
         barrier_ = nullptr;
+        dyn_base_ = nullptr;
         if (error) std::rethrow_exception(error);
         for (int t = 1; t < threads; ++t)
           if (syncs[t] != syncs[0]) fail("threads of a block reached __syncthreads a different number of times");
@@ -240,3 +263,5 @@ void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a,
 
 }  // namespace wmma
 }  // namespace nvcuda
+
+#include "ptx_emu.h"

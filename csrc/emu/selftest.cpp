@@ -1,5 +1,6 @@
 // Kernels that break CUDA's rules on purpose: tests check that the emulator reports each one.
 #include "cuda_util.h"
+#include "ptx.cuh"
 
 namespace adaptinf {
 
@@ -12,6 +13,20 @@ __global__ void misaligned_wmma_kernel(const __half* p) {
   nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> f;
   nvcuda::wmma::load_matrix_sync(f, p + 1, 16);  // 2-byte offset: WMMA needs 32-byte alignment
 }
+__global__ void cp_async_misaligned_kernel(const unsigned char* src) {
+  ptx::cp_async16(ptx::smem_addr(ptx::dynamic_smem()) + 4, src, 16);  // shared side 4 bytes off
+  ptx::cp_async_wait_all();
+}
+
+__global__ void mbarrier_uninitialised_kernel() { ptx::mbar_arrive(ptx::smem_addr(ptx::dynamic_smem())); }
+
+__global__ void wgmma_unswizzled_kernel() {
+  float acc[64] = {};
+  const unsigned long long desc = ptx::sw128_desc(ptx::smem_addr(ptx::dynamic_smem())) & ~(3ull << 62);
+  ptx::wgmma_m64n128k16<__nv_bfloat16>(acc, desc, desc, 0);
+  ptx::wgmma_commit();
+  ptx::wgmma_wait<0>();
+}
 }  // namespace
 
 void emu_selftest(const std::string& name) {
@@ -23,6 +38,16 @@ void emu_selftest(const std::string& name) {
     alignas(32) static __half buffer[16 * 17];
     auto kernel = misaligned_wmma_kernel;
     ADAPTINF_LAUNCH(kernel, one, 32, 0, buffer);
+  } else if (name == "cp_async_misaligned") {
+    alignas(16) static unsigned char src[16];
+    auto kernel = cp_async_misaligned_kernel;
+    ADAPTINF_LAUNCH_SMEM(kernel, one, 32, 1024, 0, src);
+  } else if (name == "mbarrier_uninitialised") {
+    auto kernel = mbarrier_uninitialised_kernel;
+    ADAPTINF_LAUNCH_SMEM(kernel, one, 32, 1024, 0);
+  } else if (name == "wgmma_unswizzled") {
+    auto kernel = wgmma_unswizzled_kernel;
+    ADAPTINF_LAUNCH_SMEM(kernel, one, 128, 32768, 0);
   } else {
     throw std::invalid_argument("unknown self-test " + name);
   }

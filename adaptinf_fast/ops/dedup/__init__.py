@@ -53,7 +53,7 @@ def cluster_max_similarity(x: Any, labels: Any, *, order: Any = None, exact: boo
     if x.shape[0] == 0:
         return torch.empty(0, dtype=torch.float32, device=x.device), torch.empty(0, dtype=torch.int64, device=x.device)
     name, impl = resolve("cluster_max_similarity", backend, x.device)
-    kw = {"exact": exact} if name == "triton" else {}
+    kw = {"exact": exact} if name in ("triton", "cuda") else {}
     return impl.max_similarity(_normalized(x), labels, order, progress=progress, **kw)
 
 

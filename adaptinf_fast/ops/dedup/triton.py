@@ -20,8 +20,8 @@ import triton
 import triton.language as tl
 
 from .. import _triton_util as tu
-from .. import screen
-from .reference import cluster_tiles, exact_rows, to_original_order
+from . import screened
+from .reference import cluster_tiles
 
 
 @triton.jit
@@ -68,7 +68,7 @@ def _tiles(n: int, d: int) -> tuple[int, int, int, int]:
     return bm, bm, bd, 8 if bm == 128 else 4
 
 
-def screened(low: torch.Tensor, labels: torch.Tensor, order: torch.Tensor):
+def screened_launch(low: torch.Tensor, labels: torch.Tensor, order: torch.Tensor):
     """One launch on the rows rounded to fp16 and zero-padded (``screen.low_copy``):
     (perm, best, arg, second) in cluster-major positions."""
     n, d = low.shape
@@ -87,24 +87,4 @@ def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, 
                    exact: bool = True):
     """Same contract as ``reference.max_similarity`` (``progress`` is accepted; one launch).
     ``exact=False`` returns the fp16-screened values and winners."""
-    n, d = xn.shape
-    dtype = screen.screen_dtype(True)
-    if not exact:
-        perm, best, arg, _ = screened(screen.low_copy(xn, dtype), labels, order)
-        return to_original_order(perm, best, arg)
-    low, err, norm = screen.rounding_error(xn, dtype)
-    perm, best, arg, second = screened(low, labels, order)
-    del low
-    m, idx = to_original_order(perm, best, arg)
-    second_orig = torch.empty_like(second)
-    second_orig[perm] = second
-    bound = screen.dot_bound(err, norm, float(err.max()), float(norm.max()), d)
-    redo = (screen.undecided(m - second_orig, bound) & (idx >= 0)).nonzero().flatten()
-    if redo.numel():
-        m[redo], idx[redo] = exact_rows(xn, labels, order, redo)
-    has = idx >= 0
-    for r0 in range(0, n, screen.ROWS_PER_CHUNK):  # M_j in float32 from its winner
-        sl = slice(r0, r0 + screen.ROWS_PER_CHUNK)
-        rows = has[sl].nonzero().flatten() + r0
-        m[rows] = (xn[rows] * xn[idx[rows]]).sum(1)
-    return m, idx
+    return screened.max_similarity(screened_launch, xn, labels, order, exact)

@@ -22,8 +22,8 @@ import triton.language as tl
 
 from .. import _triton_util as tu
 from .. import screen
-from . import reference
-from .reference import kernel_norms
+from . import screened
+from .screened import ScreenedRows, screened_rows, winner_values  # noqa: F401 - this backend's API
 
 
 @triton.jit
@@ -85,21 +85,6 @@ def _config(n: int, k: int, d: int, device: torch.device) -> Config:
     return Config(block_m, block_k, pow2(d, 64), warps, 3)
 
 
-@dataclass
-class ScreenedRows:
-    """x rounded to the screening dtype with its per-row rounding error and norm (reusable across
-    assignments of the same rows, e.g. Lloyd iterations)."""
-
-    low: torch.Tensor
-    err: torch.Tensor
-    norm: torch.Tensor
-
-
-def screened_rows(x: torch.Tensor, metric: str) -> ScreenedRows:
-    low, err, norm = screen.rounding_error(x, screen.screen_dtype(metric == "cosine"))
-    return ScreenedRows(low, err, norm)
-
-
 def screened_assign(rows: ScreenedRows, centroids: torch.Tensor, metric: str, cn: torch.Tensor):
     """One kernel launch: (labels int64, best score, second-best score), screened."""
     x = rows.low  # (N, padded width): zero columns add nothing to the dot products
@@ -123,38 +108,4 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, metric: str, c_sqnorm: torc
     """Same contract as ``reference.assign``: (labels int64, squared distance or cosine float32);
     with ``values=False`` the second item is None (Lloyd iterations need only labels). ``rows``:
     ``screened_rows(x, metric)`` computed earlier for the same x."""
-    n, d = x.shape
-    k = centroids.shape[0]
-    if n == 0:
-        return torch.empty(0, dtype=torch.int64, device=x.device), torch.empty(0, dtype=torch.float32, device=x.device)
-    rows = rows if rows is not None else screened_rows(x, metric)
-    cn, xn = kernel_norms(x, centroids, metric, c_sqnorm, x_sqnorm)
-    labels, best, second = screened_assign(rows, centroids, metric, cn)
-    ec = float(torch.linalg.vector_norm(centroids.float() - centroids.to(rows.low.dtype).float(), dim=1).max())
-    nc = float(cn.max().sqrt())
-    bound = screen.dot_bound(rows.err, rows.norm, ec, nc, d)
-    if metric == "l2":  # score = ‖c‖² − 2x·c, rounded once more in each arithmetic
-        bound = 2.0 * bound + 2.0**-23 * (nc * nc + 2.0 * rows.norm * nc)
-    redo = screen.undecided(second - best, bound).nonzero().flatten()
-    if redo.numel():
-        lab_r, _ = reference.assign(x[redo], centroids, metric, c_sqnorm=cn,
-                                    x_sqnorm=xn[redo] if metric == "l2" else None)
-        labels[redo] = lab_r
-    if not values:
-        return labels, None
-    return labels, winner_values(x, centroids, labels, metric, cn, xn)
-
-
-def winner_values(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, metric: str, cn: torch.Tensor,
-                  xn: torch.Tensor) -> torch.Tensor:
-    """float32 value of each row's assigned centroid, as ``reference.assign`` reports it."""
-    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    for r0 in range(0, x.shape[0], screen.ROWS_PER_CHUNK):
-        xc = x[r0 : r0 + screen.ROWS_PER_CHUNK].float()
-        lab = labels[r0 : r0 + screen.ROWS_PER_CHUNK]
-        dots = (xc * centroids[lab].float()).sum(1)
-        if metric == "cosine":
-            out[r0 : r0 + screen.ROWS_PER_CHUNK] = dots
-        else:
-            out[r0 : r0 + screen.ROWS_PER_CHUNK] = (cn[lab] - 2.0 * dots + xn[r0 : r0 + screen.ROWS_PER_CHUNK]).clamp_min_(0.0)
-    return out
+    return screened.assign(screened_assign, x, centroids, metric, c_sqnorm, x_sqnorm, values, rows)

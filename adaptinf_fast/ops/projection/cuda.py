@@ -14,6 +14,7 @@ import torch
 from .. import _cuda_util as cu
 
 TILE_B, TILE_N, TILE_P = 64, 64, 32  # kernels/tile_mma.cuh
+PIPE_TILE = (128, 128)  # kernels/project.cu adaptinf_project_pipe: (batch rows, columns) of a block
 MAX_ROWS_PER_LAUNCH = 65535 * TILE_B  # batch tiles sit on the grid's y axis (at most 65535)
 
 
@@ -21,12 +22,12 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _splits(b: int, p: int, k: int, device: torch.device) -> int:
+def _splits(b: int, p: int, k: int, device: torch.device, tile: tuple[int, int]) -> int:
     """Splits of P so that small outputs still fill the GPU, each walking >= 4096 rows of P."""
     if device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    tiles = _cdiv(b, TILE_B) * _cdiv(k, TILE_N)
+    tiles = _cdiv(b, tile[0]) * _cdiv(k, tile[1])
     return max(1, min(sms * 2 // tiles, p // 4096, 65535))
 
 
@@ -40,11 +41,13 @@ def project_into(x: torch.Tensor, out: torch.Tensor, *, seed: int, kind: str, ro
 def _launch(x: torch.Tensor, out: torch.Tensor, seed: int, kind: str, row_offset: int, splits: int | None) -> None:
     b, p = x.shape
     k = out.shape[1]
-    splits = splits or _splits(b, p, k, x.device)
+    stream, device = cu.stream_and_device(x)
+    pipelined = kind == "rademacher" and cu.kernels().pipeline_arch(cu.DTYPE_CODES[x.dtype], x.data_ptr(), x.stride(0),
+                                                                    device)
+    splits = splits or _splits(b, p, k, x.device, PIPE_TILE if pipelined else (TILE_B, TILE_N))
     p_per_split = _cdiv(_cdiv(p, splits), TILE_P) * TILE_P
     splits = _cdiv(p, p_per_split)
     ws = torch.empty(splits, b, k, dtype=torch.float32, device=x.device)
-    stream, device = cu.stream_and_device(x)
     cu.kernels().project(x.data_ptr(), cu.DTYPE_CODES[x.dtype], ws.data_ptr(), b, p, k, x.stride(0), seed, row_offset,
                          p_per_split, kind, stream, device)
     out.add_(ws.sum(0) if splits > 1 else ws[0], alpha=1.0 / math.sqrt(k))
