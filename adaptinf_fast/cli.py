@@ -115,13 +115,27 @@ def _run(args) -> int:
             raise ValueError(f"--baseline takes NAME=RUN_FOLDER; got {item!r}")
         baselines[name] = Path(folder)
     res = LifelongRun(out, tasks, cfg, base_loader(model), adapter=model.get("adapter"), baselines=baselines,
-                      progress=not args.no_progress).run()
+                      progress=not args.no_progress, model_info=dict(model)).run()
     if not res:  # under torchrun: rank 0 reports
         return 0
     print(format_matrix(res))
     for name, gain in res["relative_gain"].items():
         print(f"relative gain vs {name}: {gain:.1f} (100 = its final scores)")
     print(f"wrote {out / 'summary.json'}, {out / 'accuracy.json'}, {out / 'accuracy.png'} and {out / 'plots'}")
+    return 0
+
+
+def _merge(args) -> int:
+    from .lifelong.models import base_loader
+    from .lifelong.reapply import reapply_merge
+    from .lifelong.run import format_matrix
+
+    _quiet_transformers()
+    load = base_loader({"base": str(args.base)}) if args.base else None
+    res = reapply_merge(args.run, args.method, load, density=args.density, lam=args.lam, out=args.out,
+                        progress=not args.no_progress)
+    print(format_matrix(res))
+    print(f"wrote {args.out or Path(args.run) / f'merge-{args.method}'}/summary.json and accuracy.json")
     return 0
 
 
@@ -144,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     d = DemoConfig()  # the demo's defaults live in one place
     demo = sub.add_parser("demo", help="the whole lifelong loop on a built-in tiny LLaVA and built-in tasks (no network)")
     demo.add_argument("--out", type=Path, default=d.out, help="output folder (default ./adaptinf-demo)")
-    demo.add_argument("--compare", default="", help="baselines to run on the same data: random,full")
+    demo.add_argument("--compare", default="", help="baselines and strategies to run on the same data, e.g. "
+                      "random,full,merge:average,merge:ties,hide")
     demo.add_argument("--tasks", default=",".join(d.tasks), help="comma-separated tasks, one stage each")
     demo.add_argument("--n-train", type=int, default=d.n_train, help="training records per task")
     demo.add_argument("--n-test", type=int, default=d.n_test, help="test records per task")
@@ -162,6 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--baseline", action="append", default=[], metavar="NAME=RUN_FOLDER",
                      help="a finished run of the same tasks to report the relative gain against (repeatable)")
     run.add_argument("--no-progress", action="store_true")
+    merge = sub.add_parser("merge", help="re-apply a training-free merge of a finished run's per-stage adapters")
+    merge.add_argument("run", type=Path, help="a finished run folder (from run or demo)")
+    merge.add_argument("--method", required=True, help="average or ties (copa: not implemented, see the README)")
+    merge.add_argument("--density", type=float, default=0.2, help="ties: fraction of each update's entries kept")
+    merge.add_argument("--lam", type=float, default=1.0, help="ties: scale of the merged update")
+    merge.add_argument("--base", type=Path, default=None, help="base model folder (default: the one in run.json)")
+    merge.add_argument("--out", type=Path, default=None, help="output folder (default RUN/merge-METHOD)")
+    merge.add_argument("--no-progress", action="store_true")
     ops = sub.add_parser("demo-ops", help="the three kernels on built-in synthetic gradients with planted duplicates")
     ops.add_argument("--out", type=Path, default=Path("adaptinf-demo-ops"), help="output folder (summary.json)")
     ops.add_argument("--n", type=int, default=3000, help="unique samples")
@@ -176,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_parsers(sub)
     args = parser.parse_args(argv)
-    commands = {"info": lambda a: info(), "demo": _demo, "run": _run, "demo-ops": _ops_demo}
+    commands = {"info": lambda a: info(), "demo": _demo, "run": _run, "merge": _merge, "demo-ops": _ops_demo}
     try:
         return commands.get(args.command, run_pool_command)(args)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:

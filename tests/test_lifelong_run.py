@@ -18,16 +18,22 @@ from adaptinf_fast.lifelong.config import RunConfig
 from adaptinf_fast.lifelong.run import LifelongRun, Task
 
 
-@pytest.fixture(scope="module")
-def setting(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lifelong")
+def two_tasks(root: Path, layers: int = 1):
+    """(task data, the colours and successor Tasks, a saved tiny LLaVA base with ``layers`` layers)."""
     data = make_tasks(root / "tasks", n_train=16, n_test=6, n_describe=0)
     tok = word_tokenizer(vocabulary(data))
     base = root / "base"
-    tiny_llava(tok, hidden=32, layers=1, vision_layers=1).save_pretrained(base)
+    tiny_llava(tok, hidden=32, layers=layers, vision_layers=1).save_pretrained(base)
     tok.save_pretrained(base)
     tasks = [Task(name, data[name]["train"], data[name]["test"], images=str(root / "tasks"))
              for name in ("colours", "successor")]
+    return data, tasks, base
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lifelong")
+    data, tasks, base = two_tasks(root)
     cfg = RunConfig.model_validate({
         "selection": {"k": 3, "budget": 12, "pool_budget": 20}, "features": {"layers": "all", "out_dim": 64, "batch_size": 8},
         "lora": {"r": 4, "alpha": 8}, "train": {"lr": 1e-3, "epochs": 2, "batch_size": 4, "save_every": 1},

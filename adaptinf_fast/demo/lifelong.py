@@ -5,7 +5,9 @@ language model) on captions of the task images, so the LoRA stages have a base t
 task (digits, colours, counting, successor) is one stage of ``LifelongRun``: added to the pool,
 features → clusters → selection → LoRA training → evaluation on every task → pruning. With
 ``compare``, the baselines ("random": the same budget drawn at random from the unpruned pool;
-"full": the whole unpruned pool) run on the same data from the same base and initial adapter.
+"full": the whole unpruned pool) and the model-side strategies ("sequential" is the default run;
+"merge:average", "merge:ties", "hide": Adapt-∞ selection with that strategy,
+``lifelong/strategies.py``) run on the same data from the same base and initial adapter.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..lifelong.train import train_lora
 from .model import tiny_llava
 
 BASELINES = ("random", "full")
+STRATEGIES = ("sequential", "merge:average", "merge:ties", "merge:copa", "hide")  # with Adapt-∞ selection
 
 
 class DemoConfig(Strict):
@@ -57,9 +60,14 @@ class DemoConfig(Strict):
         unknown = set(self.tasks) - set(TASKS)
         if unknown or not self.tasks:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}; got {list(self.tasks)}")
-        bad = set(self.compare) - set(BASELINES)
+        bad = set(self.compare) - set(BASELINES) - set(STRATEGIES)
         if bad:
-            raise ValueError(f"--compare takes {', '.join(BASELINES)}; got {sorted(bad)}")
+            raise ValueError(f"--compare takes {', '.join(BASELINES + STRATEGIES)}; got {sorted(bad)}")
+        from ..lifelong.strategies import check
+
+        for name in self.compare:
+            if name in STRATEGIES:
+                check(name)  # merge:copa is refused here, with its reason, before any work
         return self
 
 
@@ -102,8 +110,11 @@ def pretrained_base(cfg: DemoConfig, describe: list[dict], tokenizer, say: Calla
 
 
 def run_config(cfg: DemoConfig, method: str) -> RunConfig:
+    """The run config of one compared run: a baseline selection, or Adapt-∞ with a strategy."""
     baseline = method in BASELINES
-    doc = {"seed": cfg.seed, "features": {"layers": "all", "out_dim": cfg.out_dim, "batch_size": 32},
+    strategy = method if method in STRATEGIES else "sequential"
+    method = "adaptinf" if method in STRATEGIES else method
+    doc = {"seed": cfg.seed, "strategy": strategy, "features": {"layers": "all", "out_dim": cfg.out_dim, "batch_size": 32},
            "selection": {"method": method, "k": cfg.k, "budget": cfg.budget, "rules": cfg.rules,
                          "pool_budget": None if baseline else cfg.pool_budget},
            "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
@@ -123,11 +134,13 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     load = pretrained_base(cfg, data["describe"]["train"], tokenizer, say)
     tasks = [Task(name, data[name]["train"], data[name]["test"], images=str(cfg.out / "tasks")) for name in cfg.tasks]
     results = {}
-    for method in ("adaptinf", *cfg.compare):
-        folder = cfg.out / ("adaptinf" if method == "adaptinf" else f"baseline-{method}")
+    for method in ("adaptinf", *(m for m in cfg.compare if m != "sequential")):
+        kind = "strategy" if method in STRATEGIES else "baseline"
+        folder = cfg.out / ("adaptinf" if method == "adaptinf" else f"{kind}-{method.replace(':', '-')}")
         say(f"\n== {method}: {folder}")
         t0 = time.perf_counter()
-        results[method] = LifelongRun(folder, tasks, run_config(cfg, method), load, progress=cfg.progress, say=say).run()
+        results[method] = LifelongRun(folder, tasks, run_config(cfg, method), load, progress=cfg.progress, say=say,
+                                      model_info={"base": str((cfg.out / "base").resolve())}).run()
         results[method]["seconds"] = round(time.perf_counter() - t0, 1)
         say(format_matrix(results[method]))
     summary = compare(results, cfg)
@@ -155,9 +168,11 @@ def compare(results: dict[str, dict], cfg: DemoConfig) -> dict:
 def format_comparison(summary: dict) -> str:
     keys = ("MFT", "MFN", "MAA", "BWT", "forgetting", "FWT")
     runs = summary["runs"]
-    lines = ["\nmethod      trained on  final pool " + "".join(f"{k:>11}" for k in keys) + "   seconds"]
+    lines = ["\nrun (selection, strategy)   trained on  final pool " + "".join(f"{k:>11}" for k in keys) + "   seconds"]
     for method, r in runs.items():
-        lines.append(f"{method:<11} {r['trained_samples']:>10} {r['final_pool']:>11} "
+        label = {"adaptinf": "adaptinf, sequential"}.get(method, f"adaptinf, {method}" if method in STRATEGIES
+                                                         else f"{method}, sequential")
+        lines.append(f"{label:<27} {r['trained_samples']:>10} {r['final_pool']:>11} "
                      + "".join(f"{r[k]:>11.3f}" if k in r else f"{'-':>11}" for k in keys) + f"{r['seconds']:>10.1f}")
     gains = [f"{m} vs {b}: {g:.1f}" for m, r in runs.items() for b, g in r["relative_gain"].items() if m == "adaptinf"]
     if gains:

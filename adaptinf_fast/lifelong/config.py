@@ -189,22 +189,43 @@ class ModelSettings(Strict):
         return self
 
 
+class MergeSettings(Strict):
+    """``strategy: merge:*`` (lifelong/strategies.py): TIES keeps ``density`` of each task's update
+    entries and scales the merged update by ``lam``."""
+
+    density: float = Field(0.2, gt=0, le=1)
+    lam: float = Field(1.0, gt=0)
+
+
+class HideSettings(Strict):
+    """``strategy: hide``: layers whose CKA (new task vs previous task, on ``probe`` training prompts)
+    is below ``cka_threshold`` at the top of the model keep one adapter per task."""
+
+    cka_threshold: float = Field(0.9, ge=0, le=1)
+    probe: int = Field(32, ge=2)
+
+
 class RunConfig(Strict):
     """Everything a lifelong run decides, section by section (the run file without its paths)."""
 
     seed: int = 0
+    strategy: str = "sequential"
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    merge: MergeSettings = Field(default_factory=MergeSettings)
+    hide: HideSettings = Field(default_factory=HideSettings)
 
     @model_validator(mode="after")
     def _scorer(self):
         from .evaluate import SCORERS
+        from .strategies import check
 
         if self.eval.scorer not in SCORERS:
             raise ValueError(f"eval.scorer is {self.eval.scorer!r}; expected one of {sorted(SCORERS)}")
+        check(self.strategy)
         return self
 
     def stage_config(self, t: int, source: str, data: Path | str | None, overrides: dict | None = None) -> StageConfig:

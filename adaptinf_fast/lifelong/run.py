@@ -39,7 +39,8 @@ from .._io import FolderLock, atomic_dir, write_json, write_jsonl
 from ..data.encoder import Encoder, encode_many
 from ..data.llava import read_llava_json, validate_records
 from .config import RunConfig, StageConfig
-from .evaluate import evaluate, normalize_answer
+from . import strategies
+from .evaluate import SCORERS, evaluate, normalize_answer
 from .metrics import plot_matrix, save_matrix
 from .pool import PoolStore
 from .steps import STEPS, Context, StageDir, run_steps
@@ -115,7 +116,7 @@ class LifelongRun:
     def __init__(self, out_dir: str | Path, tasks: Sequence[Task], cfg: RunConfig,
                  load_base: Callable[[], tuple], *, adapter: str | Path | None = None,
                  baselines: dict[str, str | Path] | None = None, progress: bool = True,
-                 say: Callable[[str], None] = print):
+                 say: Callable[[str], None] = print, model_info: dict | None = None):
         if not tasks:
             raise ValueError("no tasks")
         names = [t.name for t in tasks]
@@ -123,6 +124,7 @@ class LifelongRun:
             raise ValueError(f"task names must be unique; got {names}")
         self.out, self.tasks, self.cfg, self.load_base = Path(out_dir), list(tasks), cfg, load_base
         self.adapter, self.progress, self.say = adapter, progress, say
+        self.model_info = model_info  # how to load the base again (``adaptinf-fast merge``), kept in run.json
         self.baselines = {name: Path(d) for name, d in (baselines or {}).items()}
         for name, d in self.baselines.items():
             if not (d / "accuracy.json").exists():
@@ -144,17 +146,23 @@ class LifelongRun:
             tests[task.name] = _records(task.test, task.images, f"task {task.name!r} test")[: self.cfg.eval.limit]
         if self.rank == 0:
             doc = {"tasks": [{"name": t.name, "train": source(t.train), "test": source(t.test), "images": t.images,
-                              "overrides": t.overrides} for t in self.tasks], "config": self.cfg.model_dump()}
+                              "overrides": t.overrides} for t in self.tasks], "config": self.cfg.model_dump(),
+                   **({"model": self.model_info} if self.model_info else {})}
             write_json(self.out / "run.json", doc)
             for task in self.tasks:
                 path = self._train_file(task)
                 if not path.exists():
                     write_jsonl(path, _records(task.train, task.images, f"task {task.name!r} train"))
+                if not self.test_file(task.name).exists():  # a strategy re-applied later evaluates on them
+                    write_jsonl(self.test_file(task.name), tests[task.name])
         self._barrier()
         return tests
 
     def _train_file(self, task: Task) -> Path:
         return self.out / "data" / f"{task.name}-train.jsonl"
+
+    def test_file(self, name: str) -> Path:
+        return self.out / "data" / f"{name}-test.jsonl"
 
     def _barrier(self) -> None:
         if self.dist:
@@ -188,6 +196,101 @@ class LifelongRun:
         if missing:
             raise RuntimeError(f"{sd.adapter} does not match the model: {len(missing)} LoRA weights missing")
 
+    def _load_state(self, model, state: dict) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+
+    def _task_adapters(self, sd: StageDir) -> list[dict]:
+        from peft.utils import load_peft_weights
+
+        return [load_peft_weights(str(StageDir(sd.pool, i).adapter)) for i in range(1, sd.t + 1)]
+
+    def _load_model_after(self, model, sd: StageDir) -> None:
+        """The model a strategy has after stage ``sd.t``: its deployed adapter, else the stage's own."""
+        if sd.deployed.exists():
+            from peft.utils import load_peft_weights
+
+            self._load_state(model, load_peft_weights(str(sd.deployed)))
+        else:
+            self._load_adapter(model, sd)
+
+    def _scale(self, model) -> float:
+        cfg = model.peft_config["default"]
+        return cfg.lora_alpha / cfg.r
+
+    def _records_of(self, sd: StageDir, limit: int) -> list[dict]:
+        """The first ``limit`` training records of stage ``sd.t``'s own task (HiDe's probes and
+        prototypes; the stage's selection also holds earlier tasks' records from the pool)."""
+        from .._io import read_jsonl
+
+        return read_jsonl(self._train_file(self.tasks[sd.t - 1]))[:limit]
+
+    def _deploy(self, model, encoder: Encoder, sd: StageDir) -> None:
+        """Build the strategy's model after stage ``sd.t`` from the task adapters 1..t (deterministic,
+        so a resumed run rebuilds the same one): ``deployed/`` and, for HiDe, ``hide.json``."""
+        c = self.cfg
+        if sd.deployed.exists() and (c.strategy != "hide" or sd.hide_json.exists()):
+            return
+        adapters, scale = self._task_adapters(sd), self._scale(model)
+        if c.strategy.startswith("merge:"):
+            state = strategies.merged(adapters, c.strategy, scale, c.merge.density, c.merge.lam,
+                                      device=next(model.parameters()).device)
+            info: dict[str, Any] = {}
+        else:
+            layers = 1 + max(strategies.layer_of(k) or 0 for k in adapters[-1])
+            probe = self._records_of(sd, c.hide.probe)
+            if sd.t == 1:
+                cka, split = [], layers - 1
+            else:
+                self._load_adapter(model, sd)
+                new = strategies.layer_means(model, encoder, probe)
+                self._load_adapter(model, StageDir(sd.pool, sd.t - 1))
+                old = strategies.layer_means(model, encoder, probe)
+                cka = strategies.layer_cka(new, old)
+                split = strategies.hide_split(cka, c.hide.cka_threshold)
+            state, _ = strategies.hide_compose(adapters, split, scale)
+            prototype = strategies.prompt_features(model, encoder, probe).mean(0)
+            info = {"split": split, "layers": layers, "cka": [round(v, 4) for v in cka]}
+            if self.rank == 0:
+                torch.save(prototype, sd.prototype_pt)
+        self._load_state(model, state)
+        if self.rank == 0:
+            atomic_dir(sd.deployed, model.save_pretrained)
+            if c.strategy == "hide":
+                write_json(sd.hide_json, info)
+        self._barrier()
+
+    def _evaluate_routed(self, model, encoder: Encoder, sd: StageDir, tests: dict) -> dict:
+        """HiDe's inference: every test prompt goes to the nearest task prototype, and is answered
+        with the fused lower layers plus that task's top layers."""
+        c = self.cfg
+        split = json.loads(sd.hide_json.read_text())["split"]
+        adapters = self._task_adapters(sd)
+        fused, experts = strategies.hide_compose(adapters, split, self._scale(model))
+        prototypes = torch.stack([torch.load(StageDir(sd.pool, i).prototype_pt) for i in range(1, sd.t + 1)])
+        names = list(tests)
+        flat = [(name, i, r) for name in names for i, r in enumerate(tests[name])]
+        routed = strategies.route(strategies.prompt_features(model, encoder, [r for _, _, r in flat]), prototypes)
+        fn = SCORERS[c.eval.scorer]
+        scores: dict[str, list] = {name: [0.0] * len(tests[name]) for name in names}
+        answers: dict[str, list] = {name: [None] * len(tests[name]) for name in names}
+        for e in sorted(set(routed.tolist())):
+            group = [flat[j] for j in range(len(flat)) if routed[j] == e]
+            self._load_state(model, {**fused, **experts[e]})
+            res = evaluate(model, encoder, [r for _, _, r in group], c.eval.scorer, c.eval.max_new_tokens,
+                           batch_size=c.eval.batch_size, progress=self.progress, desc=f"evaluate (expert {e + 1})")
+            for (name, i, _), (pred, ref) in zip(group, res["answers"]):
+                scores[name][i] = fn(pred, ref)
+                answers[name][i] = (pred, ref)
+        own = {name: t for t, name in enumerate(names)}
+        routing = {}
+        for name in names[: sd.t]:  # tasks seen so far: routed to their own expert?
+            picks = [int(routed[j]) for j, (n, _, _) in enumerate(flat) if n == name]
+            routing[name] = sum(p == own[name] for p in picks) / len(picks) if picks else float("nan")
+        return {"scores": {n: sum(v) / len(v) if v else float("nan") for n, v in scores.items()},
+                "examples": {n: a[:5] for n, a in answers.items()}, "routing": routing}
+
     # -- what the model-side steps do ----------------------------------------------------------------
     def _context(self, pool: PoolStore, model, tokenizer, encoder: Encoder, tests: dict) -> Context:
         from ..features import GradientFeaturizer
@@ -195,7 +298,7 @@ class LifelongRun:
         c = self.cfg
 
         def featurize(sd: StageDir, records: list) -> Any:
-            self._load_adapter(model, StageDir(pool, sd.t - 1))  # the previous stage's adapter
+            self._load_model_after(model, StageDir(pool, sd.t - 1))  # the model after the previous stage
             cfg = self.stage_configs[sd.t - 1]
             fz = GradientFeaturizer(model, layers=cfg.layers, out_dim=cfg.out_dim, seed=c.seed, scores=cfg.scores,
                                     tokenizer=tokenizer, max_length=cfg.max_length, rules=cfg.rules,
@@ -203,7 +306,8 @@ class LifelongRun:
             return fz.extract(records, batch_size=cfg.batch_size, out_dir=sd.shards, progress=self.progress)
 
         def train(sd: StageDir, cfg: StageConfig) -> dict:
-            self._load_adapter(model, StageDir(pool, sd.t - 1))
+            # sequential: carry the last stage's adapter on; merging / HiDe: a task adapter from the initial one
+            self._load_adapter(model, StageDir(pool, 0 if strategies.trains_from_initial(c.strategy) else sd.t - 1))
             skipped: list = []
             _, items = encode_many([(r["id"], r) for r in pool.records(sd.selection())], encoder,
                                    lambda i, why: skipped.append((i, why)))
@@ -217,18 +321,23 @@ class LifelongRun:
                     "final_loss": round(res["losses"][-1], 4) if res["losses"] else None}
 
         def evaluate_step(sd: StageDir, cfg: StageConfig | None = None) -> dict:
-            self._load_adapter(model, sd)
             t0 = time.perf_counter()
-            doc: dict[str, Any] = {"stage": sd.t, "scores": {}, "examples": {}}
-            for name, recs in tests.items():
-                res = evaluate(model, encoder, recs, c.eval.scorer, c.eval.max_new_tokens, batch_size=c.eval.batch_size,
-                               progress=self.progress, desc=f"evaluate {name}")
-                doc["scores"][name] = res["score"]
-                doc["examples"][name] = res["answers"][:5]
+            doc: dict[str, Any] = {"stage": sd.t, "strategy": c.strategy, "scores": {}, "examples": {}}
+            if sd.t > 0 and c.strategy != "sequential":
+                self._deploy(model, encoder, sd)
+            if sd.t > 0 and c.strategy == "hide":
+                doc.update(self._evaluate_routed(model, encoder, sd, tests))
+            else:
+                self._load_model_after(model, sd)
+                for name, recs in tests.items():
+                    res = evaluate(model, encoder, recs, c.eval.scorer, c.eval.max_new_tokens,
+                                   batch_size=c.eval.batch_size, progress=self.progress, desc=f"evaluate {name}")
+                    doc["scores"][name] = res["score"]
+                    doc["examples"][name] = res["answers"][:5]
             doc["seconds"] = round(time.perf_counter() - t0, 3)
             if self.rank == 0:
                 write_json(sd.eval_json, doc)
-            return {"scores": doc["scores"]}
+            return {"scores": doc["scores"], **({"routing": doc["routing"]} if "routing" in doc else {})}
 
         return Context(pool, progress=self.progress, featurize=featurize, train=train, evaluate=evaluate_step)
 
@@ -296,11 +405,13 @@ class LifelongRun:
                 raise ValueError(f"baseline {name!r} ran tasks {other['tasks']}, this run {names}")
             baselines[name] = np.array(other["accuracy"])
         doc = save_matrix(self.out / "accuracy.json", a, names, baselines)
-        plot_matrix(self.out / "accuracy.png", a, names, title=f"{self.cfg.selection.method}: score after each stage")
+        plot_matrix(self.out / "accuracy.png", a, names, title=f"{self.cfg.selection.method}, {self.cfg.strategy}: score after each stage")
         from .plots import write_plots
 
         plots = write_plots(self.out / "pool", self.out / "plots")
-        summary = {"method": self.cfg.selection.method, "tasks": names, "accuracy": a.tolist(), "metrics": doc["metrics"],
+        routing = {r["stage"]: r["routing"] for r in rows if "routing" in r}
+        summary = {"method": self.cfg.selection.method, "strategy": self.cfg.strategy, "tasks": names,
+                   **({"routing": routing} if routing else {}), "accuracy": a.tolist(), "metrics": doc["metrics"],
                    "relative_gain": doc["relative_gain"],
                    "chance": {n: chance_level(tests[n]) for n in names}, "stages": stages,
                    "trained_samples": sum(s["trained_on"] or 0 for s in stages),

@@ -50,6 +50,8 @@ class StageDir:
         self.labels_npy, self.centroids_npy = p / "labels.npy", p / "centroids.npy"
         self.selection_json, self.prune_json = p / "selection.json", p / "prune.json"
         self.adapter, self.train_ckpt, self.eval_json = p / "adapter", p / "train-ckpt", p / "eval.json"
+        # strategies other than sequential: the model after this stage, and HiDe's split and prototype
+        self.deployed, self.hide_json, self.prototype_pt = p / "deployed", p / "hide.json", p / "prototype.pt"
         self.record_json, self.timings_json = p / "record.json", p / "timings.json"
 
     def features(self) -> FeatureSet:
