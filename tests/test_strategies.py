@@ -118,3 +118,23 @@ def test_routing_takes_the_nearest_prototype():
     shared = torch.tensor([[10.0, 1.0], [10.0, -1.0]])  # a large common part: the sign of the difference decides
     assert strategies.route(torch.tensor([[10.0, 0.2], [10.0, -0.3]]), shared).tolist() == [0, 1]
     assert strategies.route(feats, protos[:1]).tolist() == [0, 0, 0]  # one task: one expert
+
+
+def test_routing_features_are_the_prompt_text_and_the_image(setting):
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    from adaptinf_fast.data.encoder import Encoder
+
+    root, tasks, base = setting
+    model = LlavaForConditionalGeneration.from_pretrained(base)
+    tok = AutoTokenizer.from_pretrained(base)
+    enc = Encoder.for_model(model, tok, image_root=root / "tasks")
+    recs = tasks[0].train[:2]
+    no_image = {"id": "t", "conversations": [{"from": "human", "value": "what colour"}, {"from": "gpt", "value": "red"}]}
+    f = strategies.prompt_features(model, enc, [*recs, no_image])
+    h = model.config.text_config.hidden_size
+    assert f.shape == (3, 2 * h)
+    torch.testing.assert_close(f[:, :h].norm(dim=1), torch.ones(3))  # normalised text part
+    torch.testing.assert_close(f[:2, h:].norm(dim=1), torch.ones(2))  # normalised image part
+    assert torch.equal(f[2, h:], torch.zeros(h)) and not torch.allclose(f[0, h:], f[1, h:])
+    assert strategies.prompt_features(model, enc, [no_image]).shape == (1, 2 * h)  # one width for every task

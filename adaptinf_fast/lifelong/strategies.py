@@ -16,9 +16,10 @@
   states on the new task's training prompts, ``ops.cka``) are fused into one task-general adapter
   (mean of the updates); the trailing layers where it drops below ``hide.cka_threshold`` (at least
   the last layer) keep one adapter per task. At inference each input is routed to the task whose
-  prototype — the mean of the normalised, prompt-pooled input embeddings of its training records —
-  is nearest in cosine (both centred on the prototypes' mean), and that task's top-layer adapter is used; routing accuracy is reported per
-  task. Text features only: image features are not part of the prototypes yet.
+  prototype (the mean routing feature of its training records: prompt-pooled input embeddings and,
+  for records with an image, the mean projected image feature, each normalised) is nearest in
+  cosine, both centred on the prototypes' mean; that task's top-layer adapter is used. Routing
+  accuracy is reported per task.
 
 Every stage keeps its task adapter (``stage-NNN/adapter``), so a strategy can be re-applied to a
 finished run without training (``adaptinf-fast merge RUN --method average``).
@@ -104,19 +105,48 @@ def route(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     return (f @ p.T).argmax(1)
 
 
+def _image_vector(model, pixel_values: torch.Tensor) -> torch.Tensor | None:
+    """Mean of the model's projected image features (vision tower + projector: no LoRA there), or
+    None for a model without ``get_image_features``. Handles the tensor, list and model-output
+    return forms of different transformers versions."""
+    fn = getattr(model, "get_image_features", None)
+    if fn is None:
+        return None
+    param = next(model.parameters())
+    out = fn(pixel_values=pixel_values.unsqueeze(0).to(param.device, param.dtype))
+    feats = getattr(out, "pooler_output", None)
+    if feats is None:
+        feats = out[0] if isinstance(out, tuple) and not torch.is_tensor(out) else out
+    if isinstance(feats, (list, tuple)):
+        feats = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])
+    return feats.reshape(-1, feats.shape[-1]).float().mean(0)
+
+
 @torch.no_grad()
 def prompt_features(model, encoder, records: list[dict]) -> torch.Tensor:
-    """(N, H) float32: each record's prompt input embeddings, mean-pooled and L2-normalised (the
-    model's own text features; embeddings carry no LoRA, so every task sees the same features)."""
+    """(N, D) float32 routing features, the model's own: each record's prompt input embeddings,
+    mean-pooled and L2-normalised, then (for a record with an image, on a model with image
+    features) the mean projected image feature, L2-normalised; zeros where a record has no image.
+    Neither part carries LoRA, so every task sees the same features."""
     emb = model.get_input_embeddings()
     device = emb.weight.device
-    out = []
+    texts, images = [], []
     for rec in records:
         prompt, _ = encoder.encode_prompt(rec)
         ids = torch.as_tensor(prompt["input_ids"], device=device).reshape(-1)
         ids = ids[ids < emb.num_embeddings]  # image placeholders of a LLaVA prompt have no text row
-        out.append(emb(ids).float().mean(0))
-    return torch.nn.functional.normalize(torch.stack(out), dim=1).cpu()
+        texts.append(torch.nn.functional.normalize(emb(ids).float().mean(0), dim=0).cpu())
+        img = _image_vector(model, prompt["pixel_values"]) if "pixel_values" in prompt else None
+        images.append(None if img is None else torch.nn.functional.normalize(img, dim=0).cpu())
+    if getattr(model, "get_image_features", None) is None:
+        return torch.stack(texts)
+    # an image model: always text + image parts (projected image features live in the LM's width),
+    # so tasks with and without images have prototypes of one size
+    width = emb.embedding_dim
+    images = [i if i is not None else torch.zeros(width) for i in images]
+    if any(i.shape[0] != width for i in images):
+        raise ValueError(f"image features of width {images[0].shape[0]}; expected the text width {width}")
+    return torch.cat([torch.stack(texts), torch.stack(images)], dim=1)
 
 
 @torch.no_grad()
