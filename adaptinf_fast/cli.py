@@ -68,10 +68,7 @@ def info() -> int:
 
 def _pipeline_path(kernels, device: int) -> str:
     """Which CUDA kernels a 16-bit launch with aligned rows takes on ``device`` (kernels/pipe.cuh)."""
-    import torch
-
-    probe = torch.empty(16, dtype=torch.bfloat16, device=f"cuda:{device}")
-    arch = kernels.pipeline_arch(2, probe.data_ptr(), 8, device)
+    arch = kernels.pipeline_arch(2, 0, 8, device)  # bf16, an aligned pointer, 16-byte rows
     return {90: "wgmma pipeline (sm_90a)", 80: "mma.sync pipeline (sm_80 path)"}.get(
         arch, "WMMA tiles (no pipeline: set off, or too little shared memory per block)")
 

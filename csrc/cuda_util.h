@@ -2,6 +2,7 @@
 // and for the host emulator (ADAPTINF_EMULATE, g++), which is how CPU-only CI runs the kernels.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
@@ -82,15 +83,21 @@ inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
 // wgmma SASS exists only for sm_90a (CMake defines ADAPTINF_HAS_SM90A when it builds it); every
 // other GPU from sm_80 on takes the mma.sync path (newer ones through the PTX), older ones WMMA.
 // GPUs whose blocks cannot have the pipeline's shared memory (sm_86 / sm_89: 99 KiB) keep WMMA.
+// Asked once per device (launches are hot; the answer cannot change while the process runs).
 inline int device_pipe_arch(int device) {
-  int major = 0, smem = 0;
+  static std::atomic<int> known[64] = {};  // 0: not asked yet, else the path + 1
+  if (device >= 0 && device < 64 && known[device].load() != 0) return known[device].load() - 1;
+  int major = 0, smem = 0, arch = 0;
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
   check(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
-  if (smem < static_cast<int>(kPipeSharedBytes)) return 0;
+  if (smem >= static_cast<int>(kPipeSharedBytes)) {
+    arch = major >= 8 ? 80 : 0;
 #if defined(ADAPTINF_HAS_SM90A)
-  if (major == 9) return 90;
+    if (major == 9) arch = 90;
 #endif
-  return major >= 8 ? 80 : 0;
+  }
+  if (device >= 0 && device < 64) known[device].store(arch + 1);
+  return arch;
 }
 #endif
 

@@ -168,8 +168,5 @@ __device__ __forceinline__ void consume(const Pipe<C>& p, long long it0, long lo
   }
 }
 
-// Launch-time choice between the paths: 90 (wgmma), 80 (mma.sync) or 0 (the WMMA tile kernels).
-__host__ __device__ constexpr bool supports(long long ld, unsigned long long ptr) { return ld % 8 == 0 && ptr % 16 == 0; }
-
 }  // namespace pipe
 }  // namespace adaptinf

@@ -125,8 +125,10 @@ def fake_cupy(monkeypatch):
     fake = FakeCupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
     jit._module.cache_clear()
+    jit._device_pipe_arch.cache_clear()
     yield fake
     jit._module.cache_clear()
+    jit._device_pipe_arch.cache_clear()
 
 
 def test_launchers_use_the_grids_and_argument_types_of_the_c_launchers(fake_cupy):
@@ -166,9 +168,11 @@ def test_16_bit_aligned_launches_take_the_mma_sync_pipeline(fake_cupy, monkeypat
     jit.project(4096, 2, 2000, 130, 10_000, 200, 10_016, 7, 5, 4096, "gaussian", 0, 0)
     jit.kmeans_assign(4096, 8192, 0, 3, 4, 5, 6, 129, 10, 64, True, 0, 0)
     jit.max_sim(4096, 2, 2, 3, 7, 4, 5, 300, 12, 0, 0)
-    fake_cupy.optin = 101376  # sm_86: 99 KiB per block
+    fake_cupy.optin = 101376  # sm_86: 99 KiB per block (another device, as the answer is kept per device)
+    jit._device_pipe_arch.cache_clear()
     jit.max_sim(4096, 2, 2, 3, 7, 4, 5, 300, 16, 0, 0)
     fake_cupy.optin = 232448
+    jit._device_pipe_arch.cache_clear()
     monkeypatch.setenv("ADAPTINF_CUDA_PIPELINE", "0")
     jit.max_sim(4096, 2, 2, 3, 7, 4, 5, 300, 16, 0, 0)
     assert [n.split("<")[0] for n, *_ in fake_cupy.launches[-5:]] == [

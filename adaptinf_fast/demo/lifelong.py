@@ -26,11 +26,11 @@ from ..lifelong.metrics import relative_gain
 from .._io import atomic_dir, write_json
 from ..lifelong.config import RunConfig, Strict, TrainConfig
 from ..lifelong.run import LifelongRun, Task, format_matrix
+from ..lifelong.strategies import STRATEGIES, check
 from ..lifelong.train import train_lora
 from .model import tiny_llava
 
-BASELINES = ("random", "full")
-STRATEGIES = ("sequential", "merge:average", "merge:ties", "merge:copa", "hide")  # with Adapt-∞ selection
+BASELINES = ("random", "full")  # the strategies (lifelong.strategies.STRATEGIES) run with Adapt-∞ selection
 
 
 class DemoConfig(Strict):
@@ -63,8 +63,6 @@ class DemoConfig(Strict):
         bad = set(self.compare) - set(BASELINES) - set(STRATEGIES)
         if bad:
             raise ValueError(f"--compare takes {', '.join(BASELINES + STRATEGIES)}; got {sorted(bad)}")
-        from ..lifelong.strategies import check
-
         for name in self.compare:
             if name in STRATEGIES:
                 check(name)  # merge:copa is refused here, with its reason, before any work

@@ -105,3 +105,17 @@ def evaluate(model, encoder: Encoder, records: Sequence[dict], scorer: str | Cal
     ordered = [a for b0 in starts for a in answers[b0]]
     scores = [fn(pred, ref) for pred, ref in ordered]
     return {"score": sum(scores) / len(scores) if scores else float("nan"), "answers": ordered}
+
+
+def evaluate_tasks(model, encoder: Encoder, tests: dict[str, Sequence[dict]], settings, *, progress: bool = False,
+                   desc: str = "", evaluate_fn: Callable | None = None) -> dict:
+    """``evaluate`` (or ``evaluate_fn``, the caller's binding of it) on every task's test records
+    with the run's ``eval`` settings (``EvalSettings``): {"scores": {task: score}, "examples":
+    {task: first 5 answers}}."""
+    out: dict = {"scores": {}, "examples": {}}
+    for name, recs in tests.items():
+        res = (evaluate_fn or evaluate)(model, encoder, recs, settings.scorer, settings.max_new_tokens, batch_size=settings.batch_size,
+                       progress=progress, desc=f"{desc}evaluate {name}")
+        out["scores"][name] = res["score"]
+        out["examples"][name] = res["answers"][:5]
+    return out

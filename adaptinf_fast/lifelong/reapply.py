@@ -19,7 +19,7 @@ import numpy as np
 from .._io import read_jsonl, write_json
 from . import strategies
 from .config import RunConfig
-from .evaluate import evaluate
+from .evaluate import evaluate_tasks
 from .metrics import save_matrix
 from .pool import PoolStore
 from .steps import StageDir
@@ -66,12 +66,9 @@ def reapply_merge(run_dir: str | Path, method: str, load_base: Callable[[], tupl
     for t in range(1, len(names) + 1):
         adapters.append(load_peft_weights(str(StageDir(pool, t).adapter)))
         set_peft_model_state_dict(model, strategies.merged(adapters, strategy, scale, density, lam,
-                                                           device=next(model.parameters()).device))
-        row = []
-        for n in names:
-            res = evaluate(model, encoder, tests[n], cfg.eval.scorer, cfg.eval.max_new_tokens,
-                           batch_size=cfg.eval.batch_size, progress=progress, desc=f"stage {t}: evaluate {n}")
-            row.append(res["score"])
+                                                           next(model.parameters()).device))
+        scores = evaluate_tasks(model, encoder, tests, cfg.eval, progress=progress, desc=f"stage {t}: ")["scores"]
+        row = [scores[n] for n in names]
         rows.append(row)
         say(f"stage {t}: merged {t} adapter(s) ({method}): " + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, row)))
     target = Path(out) if out else run_dir / f"merge-{method}"

@@ -35,12 +35,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .._io import FolderLock, atomic_dir, write_json, write_jsonl
+from .._io import FolderLock, atomic_dir, read_jsonl, write_json, write_jsonl
 from ..data.encoder import Encoder, encode_many
 from ..data.llava import read_llava_json, validate_records
 from .config import RunConfig, StageConfig
 from . import strategies
-from .evaluate import SCORERS, evaluate, normalize_answer
+from .evaluate import SCORERS, evaluate, evaluate_tasks, normalize_answer
 from .metrics import plot_matrix, save_matrix
 from .pool import PoolStore
 from .steps import STEPS, Context, StageDir, run_steps
@@ -188,18 +188,18 @@ class LifelongRun:
             atomic_dir(sd.adapter, model.save_pretrained)  # the rename marks the adapter complete
         self._barrier()
 
-    def _load_adapter(self, model, sd: StageDir) -> None:
-        from peft.utils import load_peft_weights, set_peft_model_state_dict
-
-        result = set_peft_model_state_dict(model, load_peft_weights(str(sd.adapter)))
-        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-        if missing:
-            raise RuntimeError(f"{sd.adapter} does not match the model: {len(missing)} LoRA weights missing")
-
-    def _load_state(self, model, state: dict) -> None:
+    def _load_state(self, model, state: dict, source: Path) -> None:
         from peft.utils import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, state)
+        result = set_peft_model_state_dict(model, state)
+        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+        if missing:
+            raise RuntimeError(f"{source} does not match the model: {len(missing)} LoRA weights missing")
+
+    def _load_adapter(self, model, sd: StageDir) -> None:
+        from peft.utils import load_peft_weights
+
+        self._load_state(model, load_peft_weights(str(sd.adapter)), sd.adapter)
 
     def _task_adapters(self, sd: StageDir) -> list[dict]:
         from peft.utils import load_peft_weights
@@ -211,7 +211,7 @@ class LifelongRun:
         if sd.deployed.exists():
             from peft.utils import load_peft_weights
 
-            self._load_state(model, load_peft_weights(str(sd.deployed)))
+            self._load_state(model, load_peft_weights(str(sd.deployed)), sd.deployed)
         else:
             self._load_adapter(model, sd)
 
@@ -222,8 +222,6 @@ class LifelongRun:
     def _records_of(self, sd: StageDir, limit: int) -> list[dict]:
         """The first ``limit`` training records of stage ``sd.t``'s own task (HiDe's probes and
         prototypes; the stage's selection also holds earlier tasks' records from the pool)."""
-        from .._io import read_jsonl
-
         return read_jsonl(self._train_file(self.tasks[sd.t - 1]))[:limit]
 
     def _deploy(self, model, encoder: Encoder, sd: StageDir) -> None:
@@ -232,10 +230,9 @@ class LifelongRun:
         c = self.cfg
         if sd.deployed.exists() and (c.strategy != "hide" or sd.hide_json.exists()):
             return
-        adapters, scale = self._task_adapters(sd), self._scale(model)
+        adapters, scale, device = self._task_adapters(sd), self._scale(model), next(model.parameters()).device
         if c.strategy.startswith("merge:"):
-            state = strategies.merged(adapters, c.strategy, scale, c.merge.density, c.merge.lam,
-                                      device=next(model.parameters()).device)
+            state = strategies.merged(adapters, c.strategy, scale, c.merge.density, c.merge.lam, device)
             info: dict[str, Any] = {}
         else:
             layers = 1 + max(strategies.layer_of(k) or 0 for k in adapters[-1])
@@ -249,12 +246,12 @@ class LifelongRun:
                 old = strategies.layer_means(model, encoder, probe)
                 cka = strategies.layer_cka(new, old)
                 split = strategies.hide_split(cka, c.hide.cka_threshold)
-            state, _ = strategies.hide_compose(adapters, split, scale)
+            state = strategies.hide_compose(adapters, split, scale, device)
             prototype = strategies.prompt_features(model, encoder, probe).mean(0)
             info = {"split": split, "layers": layers, "cka": [round(v, 4) for v in cka]}
             if self.rank == 0:
                 torch.save(prototype, sd.prototype_pt)
-        self._load_state(model, state)
+        self._load_state(model, state, sd.deployed)
         if self.rank == 0:
             atomic_dir(sd.deployed, model.save_pretrained)
             if c.strategy == "hide":
@@ -264,10 +261,12 @@ class LifelongRun:
     def _evaluate_routed(self, model, encoder: Encoder, sd: StageDir, tests: dict) -> dict:
         """HiDe's inference: every test prompt goes to the nearest task prototype, and is answered
         with the fused lower layers plus that task's top layers."""
+        from peft.utils import load_peft_weights
+
         c = self.cfg
         split = json.loads(sd.hide_json.read_text())["split"]
-        adapters = self._task_adapters(sd)
-        fused, experts = strategies.hide_compose(adapters, split, self._scale(model))
+        fused = load_peft_weights(str(sd.deployed))  # the fused lower layers, as _deploy saved them
+        experts = [{k: a[k] for k in strategies.top_keys(a, split)} for a in self._task_adapters(sd)]
         prototypes = torch.stack([torch.load(StageDir(sd.pool, i).prototype_pt) for i in range(1, sd.t + 1)])
         names = list(tests)
         flat = [(name, i, r) for name in names for i, r in enumerate(tests[name])]
@@ -277,7 +276,7 @@ class LifelongRun:
         answers: dict[str, list] = {name: [None] * len(tests[name]) for name in names}
         for e in sorted(set(routed.tolist())):
             group = [flat[j] for j in range(len(flat)) if routed[j] == e]
-            self._load_state(model, {**fused, **experts[e]})
+            self._load_state(model, {**fused, **experts[e]}, sd.deployed)
             res = evaluate(model, encoder, [r for _, _, r in group], c.eval.scorer, c.eval.max_new_tokens,
                            batch_size=c.eval.batch_size, progress=self.progress, desc=f"evaluate (expert {e + 1})")
             for (name, i, _), (pred, ref) in zip(group, res["answers"]):
@@ -329,11 +328,7 @@ class LifelongRun:
                 doc.update(self._evaluate_routed(model, encoder, sd, tests))
             else:
                 self._load_model_after(model, sd)
-                for name, recs in tests.items():
-                    res = evaluate(model, encoder, recs, c.eval.scorer, c.eval.max_new_tokens,
-                                   batch_size=c.eval.batch_size, progress=self.progress, desc=f"evaluate {name}")
-                    doc["scores"][name] = res["score"]
-                    doc["examples"][name] = res["answers"][:5]
+                doc.update(evaluate_tasks(model, encoder, tests, c.eval, progress=self.progress, evaluate_fn=evaluate))
             doc["seconds"] = round(time.perf_counter() - t0, 3)
             if self.rank == 0:
                 write_json(sd.eval_json, doc)

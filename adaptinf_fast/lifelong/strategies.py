@@ -32,7 +32,7 @@ import re
 import torch
 
 from ..ops.cka import linear_cka
-from ..ops.merge import lora_pairs, merge_lora
+from ..ops.merge import merge_lora
 
 STRATEGIES = ("sequential", "merge:average", "merge:ties", "merge:copa", "hide")
 COPA_MISSING = ("merge:copa (CoPA-Merging) is not implemented: its pruning, complementary scaling "
@@ -75,24 +75,28 @@ def hide_split(cka: list[float], threshold: float) -> int:
     return split
 
 
-def hide_compose(adapters: list[dict[str, torch.Tensor]], split: int, scale: float):
-    """(fused state: layers < split averaged over the task adapters, layers >= split of the last
-    task; experts: per task, its weights of layers >= split)."""
-    fused = merge_lora(adapters, scale, "average") if len(adapters) > 1 else dict(adapters[0])
-    top = [k for k in adapters[0] if (layer_of(k) or 0) >= split and ("lora_A" in k or "lora_B" in k)]
-    for k in top:
-        fused[k] = adapters[-1][k]
-    experts = [{k: a[k] for k in top} for a in adapters]
-    return fused, experts
+def top_keys(state: dict[str, torch.Tensor], split: int) -> list[str]:
+    """LoRA weights of the task-specific layers (>= ``split``): what each HiDe expert keeps."""
+    return [k for k in state if (layer_of(k) or 0) >= split and ("lora_A" in k or "lora_B" in k)]
 
 
-def merged(adapters: list[dict[str, torch.Tensor]], strategy: str, scale: float, density: float, lam: float,
-           device: torch.device | str | None = None):
+def merged(adapters: list[dict[str, torch.Tensor]], strategy: str, scale: float, density: float = 0.2,
+           lam: float = 1.0, device: torch.device | str | None = None):
     """The merge of ``strategy`` (``merge:average`` / ``merge:ties``), computed on ``device`` (the
     model's: batched SVDs on the GPU when it has one)."""
     if device is not None:
         adapters = [{k: v.to(device) for k, v in a.items()} for a in adapters]
     return merge_lora(adapters, scale, merge_method(strategy), density=density, lam=lam)
+
+
+def hide_compose(adapters: list[dict[str, torch.Tensor]], split: int, scale: float,
+                 device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """HiDe's deployed state: layers < split averaged over the task adapters, layers >= split of
+    the last task (an expert is ``{k: adapter[k] for k in top_keys(adapter, split)}``)."""
+    fused = merged(adapters, "merge:average", scale, device=device) if len(adapters) > 1 else dict(adapters[0])
+    for k in top_keys(adapters[-1], split):
+        fused[k] = adapters[-1][k]
+    return fused
 
 
 def route(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -177,5 +181,5 @@ def layer_cka(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[float]:
     return [float(v) for v in linear_cka([(a, b)], pairs="diagonal")]
 
 
-__all__ = ["STRATEGIES", "check", "trains_from_initial", "merge_method", "layer_of", "hide_split", "hide_compose",
-           "merged", "route", "prompt_features", "layer_means", "layer_cka", "lora_pairs"]
+__all__ = ["STRATEGIES", "check", "trains_from_initial", "merge_method", "layer_of", "hide_split", "top_keys",
+           "hide_compose", "merged", "route", "prompt_features", "layer_means", "layer_cka"]

@@ -30,3 +30,10 @@ def stream_and_device(t: torch.Tensor) -> tuple[int, int]:
         return 0, 0
     index = t.device.index if t.device.index is not None else torch.cuda.current_device()
     return torch.cuda.current_stream(t.device).cuda_stream, index
+
+
+def pipelined(dtype: torch.dtype, row_pitch: int, device: torch.device) -> bool:
+    """Whether a fresh (so 16-byte aligned) ``dtype`` matrix with ``row_pitch`` elements per row
+    would take the pipelined kernels on ``device`` (``_C.pipeline_arch``)."""
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else 0
+    return bool(kernels().pipeline_arch(DTYPE_CODES[dtype], 0, row_pitch, index))

@@ -120,6 +120,12 @@ def pipeline_arch(dtype: int, ptr: int, row_pitch: int, device: int) -> int:
     leaves the wgmma path to ``_C``."""
     if os.environ.get("ADAPTINF_CUDA_PIPELINE") == "0" or dtype == 0 or ptr % 16 or row_pitch % 8:
         return 0
+    return _device_pipe_arch(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_pipe_arch(device: int) -> int:
+    """Asked once per device (launches are hot; the answer cannot change while the process runs)."""
     import cupy
 
     major = int(cupy.cuda.Device(device).compute_capability[:-1] or 0)

@@ -34,10 +34,10 @@ def _pipe_row(row: dict, family: str, template_arch: int, instrs, num: int) -> N
         row.pop("main_loop", None)
         return
     useful = 2 * 64 * c * 128 * 64
-    row["consumer_loop"] = sass.summary(sass.report_loop(inner, num), useful / c, 4, num)
-    prod = sass.report_loop(producer, num)
+    cons, prod = sass.report_loop(inner, num), sass.report_loop(producer, num)
+    row["consumer_loop"] = sass.summary(cons, useful / c, 4, num)
     row["producer_loop"] = {"instructions": prod.instructions, "mix": sass.categories(prod.mix)}
-    both = sass.warp_specialised(sass.report_loop(inner, num), prod, 4 * c, 4)
+    both = sass.warp_specialised(cons, prod, 4 * c, 4)
     row["main_loop"] = sass.summary(both, useful, 4, num)  # one SMSP's share of a stage: 4 "warps" = the SM
 
 _PTXAS_FN = re.compile(r"Compiling entry function '(\S+)' for '(\S+)'")

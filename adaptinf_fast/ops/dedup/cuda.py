@@ -45,11 +45,9 @@ def screened_launch(low: torch.Tensor, labels: torch.Tensor, order: torch.Tensor
 def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, progress: bool = False,
                    exact: bool = True):
     """Same contract as ``reference.max_similarity`` (``progress`` is accepted; one launch)."""
-    if xn.dtype == torch.float32 and xn.shape[0] > 0:
-        probe = screen.low_copy(xn[:1], screen.screen_dtype(True))
-        _, device = cu.stream_and_device(xn)
-        if cu.kernels().pipeline_arch(cu.DTYPE_CODES[probe.dtype], probe.data_ptr(), probe.shape[1], device):
-            return screened.max_similarity(screened_launch, xn, labels, order, exact)
+    if xn.dtype == torch.float32 and xn.shape[0] > 0 and \
+            cu.pipelined(screen.screen_dtype(True), screen.padded_width(xn.shape[1]), xn.device):
+        return screened.max_similarity(screened_launch, xn, labels, order, exact)
     dtype = cu.kernel_dtype(xn)
     perm, xs, cstart, tiles = cluster_tiles(xn.to(dtype), labels, order, TILE_ROWS)
     best, arg = _launch(xs, cstart, tiles)

@@ -25,18 +25,15 @@ from .reference import kernel_norms
 from .screened import ScreenedRows
 
 
-def _pipelined(t: torch.Tensor) -> bool:
-    _, device = cu.stream_and_device(t)
-    return bool(cu.kernels().pipeline_arch(cu.DTYPE_CODES[t.dtype], t.data_ptr(), t.stride(0), device))
-
-
 def screened_rows(x: torch.Tensor, metric: str) -> ScreenedRows | None:
     """The screening copy of float32 rows (reused across Lloyd iterations), or None where this
     backend does not screen (16-bit rows, or no pipelined kernel)."""
     if x.dtype in (torch.float16, torch.bfloat16) or x.shape[0] == 0:
         return None
-    rows = screened.screened_rows(x, metric)
-    return rows if _pipelined(rows.low) else None
+    dtype = screen.screen_dtype(metric == "cosine")
+    if not cu.pipelined(dtype, screen.padded_width(x.shape[1]), x.device):
+        return None
+    return screened.screened_rows(x, metric)
 
 
 def _launch(x: torch.Tensor, c: torch.Tensor, metric: str, cn: torch.Tensor, xn: torch.Tensor,

@@ -14,7 +14,7 @@ from collections import defaultdict
 import torch
 
 from . import reference
-from .reference import METHODS, merged_delta
+from .reference import METHODS
 
 
 def lora_pairs(state: dict[str, torch.Tensor]) -> dict[str, tuple[str, str]]:
@@ -30,6 +30,18 @@ def lora_pairs(state: dict[str, torch.Tensor]) -> dict[str, tuple[str, str]]:
     if not out:
         raise ValueError("no LoRA weights (lora_A / lora_B) in the adapter")
     return out
+
+
+def _ties(deltas: torch.Tensor, density: float, lam: float) -> torch.Tensor:
+    """``reference.merged_delta(.., "ties")`` for a stack of layers: (L, T, out, in) -> (L, out, in)."""
+    n_layers, tasks = deltas.shape[:2]
+    flat = deltas.reshape(n_layers, tasks, -1)
+    keep = max(1, int(round(density * flat.shape[-1])))
+    thresh = flat.abs().topk(keep, dim=-1).values[..., -1:]
+    trimmed = torch.where(flat.abs() >= thresh, flat, torch.zeros_like(flat))
+    agree = (torch.sign(trimmed) == torch.sign(trimmed.sum(1, keepdim=True))) & (trimmed != 0)
+    merged = lam * (trimmed * agree).sum(1) / agree.sum(1).clamp_min(1)
+    return merged.reshape(n_layers, *deltas.shape[2:])
 
 
 def merge_lora(adapters: list[dict[str, torch.Tensor]], scale: float, method: str = "average", *,
@@ -59,8 +71,7 @@ def merge_lora(adapters: list[dict[str, torch.Tensor]], scale: float, method: st
         b = torch.stack([torch.stack([a[pairs[p][0]].float() for a in adapters]) for p in prefixes])  # (L, T, out, r)
         a_ = torch.stack([torch.stack([a[pairs[p][1]].float() for a in adapters]) for p in prefixes])  # (L, T, r, in)
         deltas = scale * b @ a_  # (L, T, out, in)
-        delta = torch.stack([merged_delta(d, method, density, lam) for d in deltas]) if method == "ties" \
-            else deltas.mean(1)
+        delta = _ties(deltas, density, lam) if method == "ties" else deltas.mean(1)
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)  # batched over the layers
         r = min(rank, s.shape[-1])
         root = (s[:, :r] / scale).sqrt()
