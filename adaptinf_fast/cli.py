@@ -9,6 +9,19 @@ import sys
 from pathlib import Path
 
 
+# Packages that only some commands import (inside the command, so that `info` runs without them):
+# top-level module -> (what needs it, how to install it). A missing one ends that command with this
+# message instead of a traceback.
+_NEEDED_FOR = {
+    **dict.fromkeys(("pydantic", "pydantic_core", "annotated_types", "typing_inspection"),
+                    ("the config schema (run, demo, merge and the pool commands)",
+                     "pip install pydantic, or carry the wheels from bench/gpu_wheels.sh")),
+    "matplotlib": ("plots", "pip install matplotlib"),
+    "sklearn": ("the demo's digits task", "pip install scikit-learn"),
+    "yaml": ("YAML configs", "pip install pyyaml"),
+}
+
+
 def _version(dist: str) -> str:
     try:
         return md.version(dist)
@@ -88,12 +101,12 @@ def _demo(args) -> int:
     from .demo.lifelong import DemoConfig, run_demo
 
     _quiet_transformers()
-    compare = tuple(m for m in (args.compare or "").split(",") if m)
-    cfg = DemoConfig(out=args.out, tasks=tuple(args.tasks.split(",")), n_train=args.n_train, n_test=args.n_test,
-                     pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, budget=args.budget,
-                     pool_budget=args.pool_budget, k=args.k, out_dim=args.out_dim, compare=compare, seed=args.seed,
-                     progress=not args.no_progress)
-    run_demo(cfg)
+    flags = dict(out=args.out, tasks=tuple(args.tasks.split(",")) if args.tasks is not None else None,
+                 n_train=args.n_train, n_test=args.n_test, pretrain_epochs=args.pretrain_epochs, epochs=args.epochs,
+                 budget=args.budget, pool_budget=args.pool_budget, k=args.k, out_dim=args.out_dim, seed=args.seed,
+                 compare=tuple(m for m in (args.compare or "").split(",") if m), progress=not args.no_progress,
+                 device=args.device)
+    run_demo(DemoConfig(**{k: v for k, v in flags.items() if v is not None}))  # a flag not given: DemoConfig's default
     return 0
 
 
@@ -150,23 +163,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adaptinf-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="package, torch, triton, CUDA, _C and the backends per op")
-    from .demo.lifelong import DemoConfig
-
-    d = DemoConfig()  # the demo's defaults live in one place
+    # The demo's defaults live in one place, DemoConfig (pydantic): a flag left out stays None here and
+    # DemoConfig fills it in, so building this parser imports neither pydantic nor the demo.
     demo = sub.add_parser("demo", help="the whole lifelong loop on a built-in tiny LLaVA and built-in tasks (no network)")
-    demo.add_argument("--out", type=Path, default=d.out, help="output folder (default ./adaptinf-demo)")
+    demo.add_argument("--out", type=Path, help="output folder (default ./adaptinf-demo)")
     demo.add_argument("--compare", default="", help="baselines and strategies to run on the same data, e.g. "
                       "random,full,merge:average,merge:ties,hide")
-    demo.add_argument("--tasks", default=",".join(d.tasks), help="comma-separated tasks, one stage each")
-    demo.add_argument("--n-train", type=int, default=d.n_train, help="training records per task")
-    demo.add_argument("--n-test", type=int, default=d.n_test, help="test records per task")
-    demo.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs, help="stage-0 epochs over the captions")
-    demo.add_argument("--epochs", type=int, default=d.epochs, help="LoRA epochs per stage over the selected subset")
-    demo.add_argument("--budget", type=int, default=d.budget, help="training samples selected per stage")
-    demo.add_argument("--pool-budget", type=int, default=d.pool_budget, help="pool size kept after pruning")
-    demo.add_argument("--k", type=int, default=d.k, help="pseudo-skill clusters")
-    demo.add_argument("--out-dim", type=int, default=d.out_dim, help="gradient projection width")
-    demo.add_argument("--seed", type=int, default=d.seed)
+    demo.add_argument("--tasks", help="comma-separated tasks, one stage each")
+    demo.add_argument("--n-train", type=int, help="training records per task")
+    demo.add_argument("--n-test", type=int, help="test records per task")
+    demo.add_argument("--pretrain-epochs", type=int, help="stage-0 epochs over the captions")
+    demo.add_argument("--epochs", type=int, help="LoRA epochs per stage over the selected subset")
+    demo.add_argument("--budget", type=int, help="training samples selected per stage")
+    demo.add_argument("--pool-budget", type=int, help="pool size kept after pruning")
+    demo.add_argument("--k", type=int, help="pseudo-skill clusters")
+    demo.add_argument("--out-dim", type=int, help="gradient projection width")
+    demo.add_argument("--seed", type=int)
+    demo.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model trains and generates "
+                      "(default auto: the GPU when one is visible, with bf16 autocast)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     run = sub.add_parser("run", help="a real lifelong run from a YAML/TOML config (see the README)")
     run.add_argument("--config", required=True, type=Path)
@@ -201,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         return commands.get(args.command, run_pool_command)(args)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"adaptinf-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional dependency the command imports is absent
+        top = (exc.name or "").partition(".")[0]
+        if top not in _NEEDED_FOR:
+            raise
+        what, install = _NEEDED_FOR[top]
+        print(f"adaptinf-fast {args.command}: error: {exc.name} is needed for {what} but is not installed: {install}",
+              file=sys.stderr)
         return 2
 
 

@@ -3,18 +3,21 @@
 For a set of named shapes (production, bench and test shapes) the package's own launchers are
 called on shape-only tensors; the Triton launches they make are compiled ahead of time for sm_90
 (and sm_80), and the CUDA kernels are compiled by nvcc. For each kernel the report gives
-registers, spills, shared memory, blocks per SM, the SASS instruction mix of the main loop and its
+registers, spills, shared memory, blocks per SM, the SASS instruction mix of the main loop, its
 issue bound (tensor-core cycles / max(tensor-core cycles, issued instructions) per iteration; see
-``bench/static/sass.py`` for the model and what it leaves out).
+``bench/static/sass.py`` for the model and what it leaves out) and its shared-memory bound
+(tensor-core cycles / max(tensor-core cycles, shared-memory wavefronts of 128 bytes); see
+``bench/static/smem.py``). A kernel's bound is the smaller of the two; the report names which binds.
 
     python bench/static_check.py [--arch 90 80] [--only projection kmeans dedup featurizer cuda]
                                  [--json bench/results/static-sm90.json]
 
 Exit status 1 when a kernel fails to compile, a production-shape launch spills registers, a
-production shape's main loop misses its issue-bound target on sm_90 (``bench/static/cases.py``),
-or a pipelined CUDA kernel (``kernels/pipe.cuh``) spills or misses its target on the architecture
-it runs on (``bench/static/cuda.py``: projection 0.70, k-means and max-sim 0.60; warp-specialised
-model in ``sass.warp_specialised``).
+production shape's main loop misses its target on sm_90 (``bench/static/cases.py``) on either
+bound, or a pipelined CUDA kernel (``kernels/pipe.cuh``) spills or misses its target on either bound
+on the architecture it runs on (``bench/static/cuda.py``: projection 0.70, k-means and max-sim
+0.60; warp-specialised issue model in ``sass.warp_specialised``, shared-memory traffic from the
+emulator's bank profile in ``smem.pipe_stage``).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ os.environ.pop("TRITON_INTERPRET", None)  # compile real kernels (the interprete
 import torch  # noqa: E402
 
 from bench.static import cuda as cuda_report  # noqa: E402
-from bench.static import sass  # noqa: E402
+from bench.static import sass
+from bench.static import smem as shared_model  # noqa: E402
 from bench.static.cases import CASES, Case  # noqa: E402
 from bench.static.compile import compile_launch  # noqa: E402
 from bench.static.record import recording  # noqa: E402
@@ -77,6 +81,8 @@ def _launch_rows(case: Case, arch: int) -> list[dict]:
         else:
             useful = case.useful_flops(launch)
             row["main_loop"] = sass.summary(sass.report_loop(inner, arch), useful, compiled.num_warps, arch)
+            row["main_loop"].update(shared_model.from_sass(inner.own(), arch))
+            shared_model.bounded(row["main_loop"])
             trips = case.inner_trips(launch) if case.inner_trips else None
             if trips and outer is not None:
                 row["per_outer_iteration"] = dict(
@@ -84,6 +90,16 @@ def _launch_rows(case: Case, arch: int) -> list[dict]:
                     inner_trips=trips)
         rows.append(row)
     return rows
+
+
+def check_target(name: str, row: dict, target: float | None, failures: list[str]) -> None:
+    loop = row.get("main_loop") or {}
+    if target is None or "error" in row:
+        return
+    for which in ("issue", "shared"):
+        value = loop.get(f"{which}_bound", 0.0)
+        if value < target:
+            failures.append(f"{name}: {which} bound {value:.2f} is below its target {target:.2f}")
 
 
 def spills(row: dict) -> bool:
@@ -107,13 +123,15 @@ def _fmt(row: dict) -> str:
     return (f"{name[:38]:38s} {row['arch']:7s} {tile[:22]:22s} {row.get('regs') or 0:4d} "
             f"{'SPILL' if spills(row) else '   - '} {row.get('smem_bytes', 0) // 1024:4d}K {row.get('blocks_per_sm', 0):2d} "
             f"{loop.get('instructions', 0):6d} {loop.get('tensor_cycles', 0):7.0f} {loop.get('issue_bound', 0):5.2f} "
+            f"{loop.get('wavefronts', 0):6.0f} {loop.get('shared_bound', 0):5.2f} {loop.get('binds', '-')[:5]:5s} "
             f"{loop.get('bf16_peak_bound', 0):5.2f} {loop.get('serial_bound', 0):5.2f}  {amort:9s} "
             f"int {mix.get('integer', 0)} shr {mix.get('shared', 0)} cp {mix.get('async copy', 0)} "
             f"gl {mix.get('global', 0)} fl {mix.get('float', 0)} mma {mix.get('tensor', 0)}")
 
 
 HEADER = (f"{'case / kernel':38s} {'arch':7s} {'tile':22s} {'regs':>4s} spill {'smem':>5s} {'bl':>2s} "
-          f"{'instr':>6s} {'tensor':>7s} {'bound':>5s} {'bf16':>5s} {'serial':>5s}  outer b/bf16")
+          f"{'instr':>6s} {'tensor':>7s} {'issue':>5s} {'wavef':>6s} {'shard':>5s} {'binds':5s} {'bf16':>5s} "
+          f"{'serial':>5s}  outer b/bf16")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                     failures.append(f"{row['case']} sm_{arch}: does not compile: {row['error'][:200]}")
                 elif spills(row) and row["category"] == "production":
                     failures.append(f"{row['case']} sm_{arch}: spills ({row['stack_bytes']} B stack) in a production shape")
-                target = row.get("target_issue_bound")
-                bound = (row.get("main_loop") or {}).get("issue_bound", 0.0)
-                if target is not None and "error" not in row and bound < target:
-                    failures.append(f"{row['case']} sm_{arch}: issue bound {bound:.2f} is below its target {target:.2f}")
+                check_target(f"{row['case']} sm_{arch}", row, row.get("target_issue_bound"), failures)
         cuda_rows = []
         if not args.only or "cuda" in args.only:
             cuda_arch = "90a" if arch == 90 else str(arch)
@@ -160,9 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(_fmt(row))
                 name = f"cuda {row['kernel']} {row['arch']}"
                 target = row.get("target_issue_bound")
-                bound = (row.get("main_loop") or {}).get("issue_bound", 0.0)
-                if target is not None and bound < target:
-                    failures.append(f"{name}: issue bound {bound:.2f} is below its target {target:.2f}")
+                check_target(name, row, target, failures)
+                failures += [f"{name}: {problem}" for problem in row.get("structure_problems", [])]
                 if target is not None and spills(row):
                     failures.append(f"{name}: spills ({row.get('spill_bytes')} B)")
         out = Path(args.json) if args.json and len(args.arch) == 1 else Path(args.json_dir) / f"static-sm{arch}.json"
@@ -170,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"arch": f"sm_{arch}", "triton": _version("triton"), "torch": torch.__version__,
                 "nvcc": _nvcc_version(), "commit": _commit(),
                 "model": "issue bound = tensor-core cycles / max(tensor-core cycles, issued instructions) per "
-                         "main-loop iteration and warp; see bench/static/sass.py"}
+                         "main-loop iteration and warp (bench/static/sass.py); shared bound = tensor-core cycles / "
+                         "max(tensor-core cycles, 128-byte shared-memory wavefronts) per iteration or pipeline stage "
+                         "(bench/static/smem.py); a kernel's bound is the smaller"}
         out.write_text(json.dumps({"meta": meta, "triton": rows, "cuda": cuda_rows}, indent=1) + "\n")
         print(f"written: {out}")
     for f in failures:

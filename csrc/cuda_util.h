@@ -5,8 +5,11 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "launch.h"
 
@@ -27,6 +30,16 @@ struct Grid {
 // The largest dynamic shared memory of a pipelined kernel (pipe.cuh Layout<2>::kLaunchBytes).
 constexpr unsigned kPipeSharedBytes = 4 * (128 + 128) * 128 + 2 * 4 * 8 + 1024;
 
+// Raises a kernel's dynamic shared-memory limit once per (kernel, device): the attribute persists,
+// and a runtime call per launch costs microseconds on a hot path. set(bytes) does the raising.
+template <class Set>
+void opt_in_shared_memory(const void* kernel, int device, Set&& set) {
+  static std::mutex m;
+  static std::set<std::pair<const void*, int>> done;
+  std::lock_guard<std::mutex> lock(m);
+  if (done.insert({kernel, device}).second) set();
+}
+
 // Grid limits of every CUDA device since sm_30 (and of the emulator).
 inline void check_grid(const Grid& g, const char* what) {
   if (g.x > 0x7fffffffLL || g.y > 65535 || g.z > 65535)
@@ -34,6 +47,11 @@ inline void check_grid(const Grid& g, const char* what) {
 }
 
 #if defined(ADAPTINF_EMULATE)
+// The emulator counts the opt-ins a real launch would make (tests check they happen once).
+inline std::atomic<long long>& smem_opt_ins() {
+  static std::atomic<long long> n{0};
+  return n;
+}
 inline void prepare_device(int) {}  // host memory: no device to select
 inline void check_launch(const char*) {}
 // `kernel` must be a plain name (take a pointer to a template instance first: no commas).
@@ -48,6 +66,7 @@ inline void check_launch(const char*) {}
 #define ADAPTINF_LAUNCH_SMEM(kernel, grid, threads, smem, stream, ...)                                       \
   do {                                                                                                       \
     (void)(stream);                                                                                          \
+    ::adaptinf::opt_in_shared_memory(reinterpret_cast<const void*>(kernel), 0, [] { ++::adaptinf::smem_opt_ins(); }); \
     ::adaptinf_emu::launch(                                                                                  \
         ::adaptinf_emu::Dim3{static_cast<unsigned>((grid).x), static_cast<unsigned>((grid).y),               \
                              static_cast<unsigned>((grid).z)},                                               \
@@ -72,10 +91,16 @@ inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
   kernel<<<dim3(static_cast<unsigned>((grid).x), static_cast<unsigned>((grid).y),                       \
                 static_cast<unsigned>((grid).z)),                                                        \
            (threads), 0, reinterpret_cast<cudaStream_t>(stream)>>>(__VA_ARGS__)
+// Every launch of a pipelined kernel asks for the same bytes (Layout<C>::kLaunchBytes), so the limit
+// raised at its first launch on a device holds for the rest; the caller has selected the device.
 #define ADAPTINF_LAUNCH_SMEM(kernel, grid, threads, smem, stream, ...)                                        \
   do {                                                                                                        \
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)), \
-          "cudaFuncSetAttribute");                                                                           \
+    int device_ = 0;                                                                                          \
+    check(cudaGetDevice(&device_), "cudaGetDevice");                                                          \
+    ::adaptinf::opt_in_shared_memory(reinterpret_cast<const void*>(kernel), device_, [&] {                     \
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)), \
+            "cudaFuncSetAttribute");                                                                          \
+    });                                                                                                       \
     kernel<<<dim3(static_cast<unsigned>((grid).x), static_cast<unsigned>((grid).y),                           \
                   static_cast<unsigned>((grid).z)),                                                          \
              (threads), (smem), reinterpret_cast<cudaStream_t>(stream)>>>(__VA_ARGS__);                      \
@@ -103,11 +128,15 @@ inline int device_pipe_arch(int device) {
 
 // Which kernels a 16-bit launch takes: the pipelined ones (pipe.cuh) on ARCH 90 or 80, or 0 for the
 // WMMA tile kernels (fp32, rows that are not 16-byte aligned, ADAPTINF_CUDA_PIPELINE=0, pre-sm_80).
+// ADAPTINF_CUDA_PIPELINE=0 switches the pipeline off, =80 takes the mma.sync path even where wgmma
+// exists (the GPU check runs both paths on one Hopper GPU).
 inline int pipe_arch(int dtype, int device, std::uintptr_t ptr, long long row_pitch) {
-  const char* off = std::getenv("ADAPTINF_CUDA_PIPELINE");
-  if (off != nullptr && std::string(off) == "0") return 0;
+  const char* env = std::getenv("ADAPTINF_CUDA_PIPELINE");
+  const std::string choice = env != nullptr ? env : "";
+  if (choice == "0") return 0;
   if (dtype == kFloat32 || ptr % 16 != 0 || row_pitch % 8 != 0) return 0;
-  return device_pipe_arch(device);
+  const int arch = device_pipe_arch(device);
+  return choice == "80" && arch != 0 ? 80 : arch;
 }
 
 inline long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }

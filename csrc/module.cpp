@@ -138,16 +138,36 @@ void define(py::module_& m) {
 }  // namespace
 
 #if defined(ADAPTINF_EMULATE)
+#include "cuda_util.h"
+
 namespace adaptinf {
 void emu_selftest(const std::string& name);
 }
+
+namespace {
+py::dict smem_report() {
+  py::dict out;
+  for (int k = 0; k < adaptinf_emu::kSmemKinds; ++k) {
+    const auto& st = adaptinf_emu::profile_[k];
+    out[adaptinf_emu::kSmemKindNames[k]] = py::make_tuple(st.requests, st.wavefronts, st.bytes);
+  }
+  return out;
+}
+}  // namespace
 
 PYBIND11_MODULE(_cuda_emu, m) {
   m.doc() = "adaptinf_fast CUDA kernels run by the host emulator (tests: host pointers, one launch at a time)";
   define(m);
   m.def("selftest", &adaptinf::emu_selftest, py::arg("name"),
         "Launch a kernel that breaks a CUDA rule on purpose ('divergent_barrier', 'misaligned_wmma', "
-        "'cp_async_misaligned', 'mbarrier_uninitialised', 'wgmma_unswizzled').");
+        "'cp_async_misaligned', 'mbarrier_uninitialised', 'wgmma_unswizzled', 'named_barrier_mismatch').");
+  m.def("smem_profile", &adaptinf_emu::smem_profile, py::arg("on"),
+        "Reset the shared-memory bank profile and switch it on or off (launches record while on).");
+  m.def("smem_report", &smem_report,
+        "{kind: (warp requests, wavefronts, bytes)} of the shared-memory accesses recorded since smem_profile(True): "
+        "st.shared, ld.shared, cp.async, ldmatrix (per 8-lane phase bank model), wgmma (operand bytes / 128).");
+  m.def("smem_opt_ins", [] { return adaptinf::smem_opt_ins().load(); },
+        "How many dynamic shared-memory opt-ins (cudaFuncSetAttribute on a GPU) the launches have made.");
 }
 #else
 PYBIND11_MODULE(_C, m) {

@@ -30,6 +30,12 @@ void project_pipe(int arch, std::uintptr_t x, std::uintptr_t ws, long long batch
                   std::uintptr_t stream) {
   using L = pipe::Layout<2>;
   static_assert(L::kLaunchBytes == kPipeSharedBytes, "cuda_util.h's shared-memory check must match pipe.cuh");
+  // The producers copy x in 16-byte chunks from column split * p_per_split + 64 it + 8 c: a split
+  // must start on a 16-byte boundary, or cp.async faults on a misaligned address.
+  if (p_per_split % 8 != 0)
+    throw std::invalid_argument("project: p_per_split must be a multiple of 8 for 16-bit inputs with 16-byte aligned "
+                                "rows (the pipelined kernel copies x in 16-byte chunks); got " +
+                                std::to_string(p_per_split));
   const Grid grid{ceil_div(k, pipe::kBN), ceil_div(batch, L::kBM), ceil_div(p, p_per_split)};
   check_grid(grid, "project");
   auto kernel = arch == 90 ? adaptinf_project_pipe<T, 90> : adaptinf_project_pipe<T, 80>;

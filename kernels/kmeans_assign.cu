@@ -64,11 +64,19 @@ __global__ void __launch_bounds__(kThreads)
 //
 // Block: 128 rows of x, 2 consumer warpgroups; the stages walk (centroid tile of 128, D step of 64)
 // in that order, so the producers prefetch the next centroid tile while the consumers fold the last
-// one. Each thread keeps a running (best, index) for its two rows over its 32 columns of every
+// one. Each thread keeps a running (best, second, index) per row slot over its columns of every
 // tile, visiting columns in increasing order and replacing only on a strictly better score; the
-// four lanes sharing a row merge with ties to the lower index. Same scores and tie rule as above.
-// With `second_out`, `values` gets the raw best score and `second_out` the second best (an exact tie
-// makes them equal): the inputs of the float32 screen of ops/screen.py, as the Triton kernel gives.
+// threads sharing a row then merge with ties to the lower index (pipe::Top2). Same scores and tie
+// rule as above. With `second_out`, `values` gets the raw best score and `second_out` the second
+// best (an exact tie makes them equal): the inputs of the float32 screen of ops/screen.py, as the
+// Triton kernel gives.
+struct Smaller {  // k-means: the smaller score wins, ties to the lower centroid index
+  static __device__ __forceinline__ bool wins(float o, long long oi, float b, long long bi) {
+    return o < b || (o == b && oi < bi);
+  }
+  static __device__ __forceinline__ float pick(float a, float b) { return fminf(a, b); }
+};
+
 template <typename T, bool COSINE, int ARCH>
 __global__ void __launch_bounds__(pipe::Layout<2>::kThreads, 1)
     adaptinf_kmeans_assign_pipe(const T* __restrict__ x, const T* __restrict__ c,
@@ -76,7 +84,8 @@ __global__ void __launch_bounds__(pipe::Layout<2>::kThreads, 1)
                                 long long* __restrict__ labels, float* __restrict__ values,
                                 float* __restrict__ second_out, long long n, long long k, long long d) {
   using namespace pipe;
-  constexpr int C = 2;
+  using A = Acc<ARCH>;
+  constexpr int C = 2, S = A::kSlots;
   const Pipe<C> pp = make_pipe<C>();
   const long long r0 = static_cast<long long>(blockIdx.x) * Layout<C>::kBM;
   const long long dsteps = (d + kBK - 1) / kBK, ktiles = (k + kBN - 1) / kBN;
@@ -91,49 +100,43 @@ __global__ void __launch_bounds__(pipe::Layout<2>::kThreads, 1)
     }
     return;
   }
-  float best[2] = {INFINITY, INFINITY}, second[2] = {INFINITY, INFINITY};
-  long long index[2] = {0, 0};
+  Top2<Smaller, S> top;
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+    top.best[s] = top.second[s] = INFINITY;
+    top.index[s] = 0;
+  }
   float acc[64];
   for (long long t = 0; t < ktiles; ++t) {
     consume<T, ARCH, C>(pp, t * dsteps, dsteps, acc);
 #pragma unroll
     for (int i = 0; i < 64; ++i) {
-      const long long g = t * kBN + acc_col(i);
+      const long long g = t * kBN + A::col(i);
       if (g < k) {
         const float score = COSINE ? -acc[i] : c_sqnorm[g] - 2.0f * acc[i];
-        const int h = (i >> 1) & 1;
-        if (score < best[h]) {
-          second[h] = best[h];
-          best[h] = score;
-          index[h] = g;
-        } else if (score < second[h]) {
-          second[h] = score;  // an exact tie lands here: gap 0
+        const int h = A::slot(i);
+        if (score < top.best[h]) {
+          top.second[h] = top.best[h];
+          top.best[h] = score;
+          top.index[h] = g;
+        } else if (score < top.second[h]) {
+          top.second[h] = score;  // an exact tie lands here: gap 0
         }
       }
     }
   }
+  top.template merge_rows<ARCH, C>(pp.addr);
+  if (!A::writes_rows()) return;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-#pragma unroll
-    for (int mask = 1; mask <= 2; mask <<= 1) {
-      const float other = ptx::shfl_xor(best[h], mask), other_second = ptx::shfl_xor(second[h], mask);
-      const long long other_index = ptx::shfl_xor(index[h], mask);
-      if (other < best[h] || (other == best[h] && other_index < index[h])) {
-        second[h] = fminf(other_second, best[h]);
-        best[h] = other;
-        index[h] = other_index;
-      } else {
-        second[h] = fminf(second[h], other);
-      }
-    }
-    const long long row = r0 + consumer() * 64 + acc_row(2 * h);
-    if (threadIdx.x % 4 == 0 && row < n) {
-      labels[row] = index[h];
+  for (int h = 0; h < S; ++h) {
+    const long long row = r0 + consumer() * 64 + A::slot_row(h);
+    if (row < n) {
+      labels[row] = top.index[h];
       if (second_out != nullptr) {  // the screen's inputs: raw best and second-best scores
-        values[row] = best[h];
-        second_out[row] = second[h];
+        values[row] = top.best[h];
+        second_out[row] = top.second[h];
       } else {
-        values[row] = COSINE ? -best[h] : fmaxf(best[h] + x_sqnorm[row], 0.0f);
+        values[row] = COSINE ? -top.best[h] : fmaxf(top.best[h] + x_sqnorm[row], 0.0f);
       }
     }
   }

@@ -75,9 +75,17 @@ __global__ void __launch_bounds__(kThreads)
 //
 // Block: one 64-row tile of `tiles`, 1 consumer warpgroup; the stages walk (column tile of 128 from
 // the smallest cluster start among the rows, D step of 64). Same mask and tie rule as above: a
-// running (max, argmax) per row over increasing columns, strictly greater replaces, the four lanes
-// sharing a row merge with ties to the earliest column. With `second_out` the second-best similarity
-// is written too, for the float32 screen of ops/screen.py (as the Triton kernel does).
+// running (max, argmax) per row over increasing columns, strictly greater replaces, the threads
+// sharing a row merge with ties to the earliest column (pipe::Top2). With `second_out` the
+// second-best similarity is written too, for the float32 screen of ops/screen.py (as the Triton
+// kernel does).
+struct Larger {  // max similarity: the larger wins, ties to the earlier column; -1 = no predecessor
+  static __device__ __forceinline__ bool wins(float o, long long oi, float b, long long bi) {
+    return o > b || (o == b && oi >= 0 && oi < bi);
+  }
+  static __device__ __forceinline__ float pick(float a, float b) { return fmaxf(a, b); }
+};
+
 template <typename T, int ARCH>
 __global__ void __launch_bounds__(pipe::Layout<1>::kThreads, 1)
     adaptinf_max_sim_pipe(const T* __restrict__ xs, const long long* __restrict__ cluster_start,
@@ -85,7 +93,8 @@ __global__ void __launch_bounds__(pipe::Layout<1>::kThreads, 1)
                           long long* __restrict__ arg_out, float* __restrict__ second_out, long long n,
                           long long d) {
   using namespace pipe;
-  constexpr int C = 1;
+  using A = Acc<ARCH>;
+  constexpr int C = 1, S = A::kSlots;
   const Pipe<C> pp = make_pipe<C>();
   const long long r0 = tiles[blockIdx.x];
   long long col_lo = r0;
@@ -103,11 +112,13 @@ __global__ void __launch_bounds__(pipe::Layout<1>::kThreads, 1)
     }
     return;
   }
-  long long row[2], start[2], arg[2] = {-1, -1};
-  float best[2] = {-INFINITY, -INFINITY}, second[2] = {-INFINITY, -INFINITY};
+  long long row[S], start[S];
+  Top2<Larger, S> top;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    row[h] = r0 + acc_row(2 * h);
+  for (int h = 0; h < S; ++h) {
+    top.best[h] = top.second[h] = -INFINITY;
+    top.index[h] = -1;
+    row[h] = r0 + A::slot_row(h);
     start[h] = row[h] < n ? cluster_start[row[h]] : n;
   }
   float acc[64];
@@ -115,37 +126,27 @@ __global__ void __launch_bounds__(pipe::Layout<1>::kThreads, 1)
     consume<T, ARCH, C>(pp, t * dsteps, dsteps, acc);
 #pragma unroll
     for (int i = 0; i < 64; ++i) {
-      const long long g = col_lo + t * kBN + acc_col(i);
-      const int h = (i >> 1) & 1;
+      const long long g = col_lo + t * kBN + A::col(i);
+      const int h = A::slot(i);
       if (g >= start[h] && g < row[h]) {
-        if (acc[i] > best[h]) {
-          second[h] = best[h];
-          best[h] = acc[i];
-          arg[h] = g;
-        } else if (acc[i] > second[h]) {
-          second[h] = acc[i];  // an exact tie lands here: gap 0
+        if (acc[i] > top.best[h]) {
+          top.second[h] = top.best[h];
+          top.best[h] = acc[i];
+          top.index[h] = g;
+        } else if (acc[i] > top.second[h]) {
+          top.second[h] = acc[i];  // an exact tie lands here: gap 0
         }
       }
     }
   }
+  top.template merge_rows<ARCH, C>(pp.addr);
+  if (!A::writes_rows()) return;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-#pragma unroll
-    for (int mask = 1; mask <= 2; mask <<= 1) {
-      const float other = ptx::shfl_xor(best[h], mask), other_second = ptx::shfl_xor(second[h], mask);
-      const long long other_arg = ptx::shfl_xor(arg[h], mask);
-      if (other > best[h] || (other == best[h] && other_arg >= 0 && other_arg < arg[h])) {
-        second[h] = fmaxf(other_second, best[h]);
-        best[h] = other;
-        arg[h] = other_arg;
-      } else {
-        second[h] = fmaxf(second[h], other);
-      }
-    }
-    if (threadIdx.x % 4 == 0 && row[h] < n) {
-      best_out[row[h]] = best[h];
-      arg_out[row[h]] = arg[h];
-      if (second_out != nullptr) second_out[row[h]] = second[h];
+  for (int h = 0; h < S; ++h) {
+    if (row[h] < n) {
+      best_out[row[h]] = top.best[h];
+      arg_out[row[h]] = top.index[h];
+      if (second_out != nullptr) second_out[row[h]] = top.second[h];
     }
   }
 }

@@ -13,6 +13,10 @@
 namespace adaptinf {
 namespace ptx {
 
+struct alignas(16) U4 {
+  unsigned x, y, z, w;
+};
+
 #if defined(ADAPTINF_EMULATE)
 
 __device__ __forceinline__ unsigned char* dynamic_smem() { return ::adaptinf_emu::dynamic_smem(); }
@@ -41,6 +45,26 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], unsigned long l
 }
 template <typename T> __device__ __forceinline__ T shfl_xor(T v, int mask) { return ::adaptinf_emu::shfl_xor(v, mask); }
 __device__ __forceinline__ unsigned and_or(unsigned a, unsigned b, unsigned c) { return (a & b) | c; }
+__device__ __forceinline__ void nanosleep(unsigned) { ::adaptinf_emu::nanosleep(); }
+__device__ __forceinline__ void named_barrier(int id, int threads) { ::adaptinf_emu::named_barrier(id, threads); }
+__device__ __forceinline__ void st_shared(unsigned addr, const U4& v) { ::adaptinf_emu::st_shared16(addr, &v); }
+__device__ __forceinline__ void st_global_v2(float* p, float a, float b) { ::adaptinf_emu::st_global_v2(p, a, b); }
+__device__ __forceinline__ U4 ld_shared(unsigned addr) {
+  U4 v;
+  ::adaptinf_emu::ld_shared16(addr, &v);
+  return v;
+}
+template <int N> __device__ __forceinline__ void fence_operands(float (&)[N]) {}
+__device__ __forceinline__ unsigned f2u(float v) {
+  unsigned u;
+  std::memcpy(&u, &v, 4);
+  return u;
+}
+__device__ __forceinline__ float u2f(unsigned u) {
+  float v;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
 
 #else  // nvcc / NVRTC
 
@@ -112,6 +136,37 @@ __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const unsigned 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 template <typename T> __device__ __forceinline__ T shfl_xor(T v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
+// Suspends the thread for about `ns` nanoseconds (sm_70+): the back-off of a polling wait.
+__device__ __forceinline__ void nanosleep(unsigned ns) { asm volatile("nanosleep.u32 %0;\n" ::"r"(ns)); }
+// Barrier `id` (1..15; 0 is __syncthreads) over the first `threads` threads of the block (a
+// multiple of 32): lets the consumer warpgroups meet without the producers, which have exited.
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// Two floats to an 8-byte aligned global address in one store (a plain pair of assignments may be
+// split back into two by the compiler when a scalar path sits beside it).
+__device__ __forceinline__ void st_global_v2(float* p, float a, float b) {
+  asm volatile("st.global.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
+}
+// 16-byte shared-memory store and load by window address (the emulator profiles their banks).
+__device__ __forceinline__ void st_shared(unsigned addr, const U4& v) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+__device__ __forceinline__ U4 ld_shared(unsigned addr) {
+  U4 v;
+  asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr)
+               : "memory");
+  return v;
+}
+// Keeps the compiler from moving reads or writes of the wgmma accumulators across this point
+// (CUTLASS's warpgroup_fence_operand): around the asynchronous MMAs they must stay where written.
+template <int N> __device__ __forceinline__ void fence_operands(float (&acc)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(acc[i])::"memory");
+}
+__device__ __forceinline__ unsigned f2u(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ float u2f(unsigned u) { return __uint_as_float(u); }
 // (a & b) | c in one LOP3 (the compiler splits it when b and c are both immediates).
 __device__ __forceinline__ unsigned and_or(unsigned a, unsigned b, unsigned c) {
   unsigned d;

@@ -89,7 +89,7 @@ class FakeCupy(types.ModuleType):
 
     def __init__(self):
         super().__init__("cupy")
-        self.modules, self.launches, self.shared = [], [], []
+        self.modules, self.launches, self.shared, self.functions = [], [], [], []
         self.capability, self.optin = "90", 232448
         fake = self
 
@@ -98,6 +98,8 @@ class FakeCupy(types.ModuleType):
                 fake.modules.append((code, options, list(name_expressions)))
 
             def get_function(self, name):
+                fake.functions.append(name)
+
                 def launch(grid, block, args, stream=None, shared_mem=0):
                     fake.launches.append((name, grid, block, args, stream))
                     fake.shared.append((name, shared_mem, getattr(launch, "max_dynamic_shared_size_bytes", 0)))
@@ -124,11 +126,11 @@ class FakeCupy(types.ModuleType):
 def fake_cupy(monkeypatch):
     fake = FakeCupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    jit._module.cache_clear()
-    jit._device_pipe_arch.cache_clear()
+    for cached in (jit._module, jit._function, jit._device_pipe_arch):
+        cached.cache_clear()
     yield fake
-    jit._module.cache_clear()
-    jit._device_pipe_arch.cache_clear()
+    for cached in (jit._module, jit._function, jit._device_pipe_arch):
+        cached.cache_clear()
 
 
 def test_launchers_use_the_grids_and_argument_types_of_the_c_launchers(fake_cupy):
@@ -178,6 +180,24 @@ def test_16_bit_aligned_launches_take_the_mma_sync_pipeline(fake_cupy, monkeypat
     assert [n.split("<")[0] for n, *_ in fake_cupy.launches[-5:]] == [
         "adaptinf::adaptinf_project", "adaptinf::adaptinf_kmeans_assign"] + ["adaptinf::adaptinf_max_sim"] * 3
     assert jit.pipeline_arch(2, 4096, 16, 0) == 0 and jit.pipeline_arch(0, 4096, 16, 0) == 0
+
+
+def test_shared_memory_limit_is_raised_once_per_kernel_and_device(fake_cupy):
+    smem = jit.pipe_launch(2)[2]
+    for _ in range(3):
+        jit.project(4096, 2, 2000, 130, 10_000, 200, 10_016, 7, 5, 4096, "rademacher", 0, 0)
+    name = "adaptinf::adaptinf_project_pipe<__nv_bfloat16, 80>"
+    assert fake_cupy.functions.count(name) == 1 and [s[1:] for s in fake_cupy.shared] == [(smem, smem)] * 3
+    jit.project(4096, 2, 2000, 130, 10_000, 200, 10_016, 7, 5, 4096, "rademacher", 0, 1)  # another device
+    assert fake_cupy.functions.count(name) == 2
+
+
+def test_pipelined_projection_refuses_splits_off_16_byte_boundaries(fake_cupy):
+    with pytest.raises(ValueError, match="multiple of 8"):
+        jit.project(4096, 2, 2000, 130, 10_000, 200, 10_016, 7, 5, 4100, "rademacher", 0, 0)
+    jit.project(4096, 2, 2000, 130, 10_000, 200, 10_016, 7, 5, 4104, "rademacher", 0, 0)
+    jit.project(4096, 2, 2000, 130, 10_000, 200, 10_016, 7, 5, 4100, "gaussian", 0, 0)  # WMMA kernels take any split
+    assert [n.split("<")[0] for n, *_ in fake_cupy.launches] == ["adaptinf::adaptinf_project_pipe", "adaptinf::adaptinf_project"]
 
 
 def test_the_cuda_backend_launches_through_the_jit_where_asked(fake_cupy, monkeypatch):

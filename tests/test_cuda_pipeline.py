@@ -50,6 +50,9 @@ def test_which_launches_take_the_pipeline(arch, monkeypatch):
     assert ext.pipeline_arch(CODES[torch.float32], x.data_ptr(), 72, 0) == 0  # fp32: WMMA tf32 tiles
     assert ext.pipeline_arch(CODES[torch.bfloat16], x.data_ptr(), 70, 0) == 0  # rows not 16-byte aligned
     assert ext.pipeline_arch(CODES[torch.bfloat16], x.data_ptr() + 2, 72, 0) == 0
+    monkeypatch.setenv("ADAPTINF_CUDA_PIPELINE", "80")  # the mma.sync path even where wgmma exists
+    assert ext.pipeline_arch(CODES[torch.bfloat16], x.data_ptr(), 72, 0) == 80
+    assert ext.pipeline_arch(CODES[torch.float32], x.data_ptr(), 72, 0) == 0
     monkeypatch.setenv("ADAPTINF_CUDA_PIPELINE", "0")
     assert ext.pipeline_arch(CODES[torch.bfloat16], x.data_ptr(), 72, 0) == 0
 
@@ -128,3 +131,84 @@ def test_max_similarity_equals_reference(arch, dtype, rng):
 def test_emulator_reports_broken_uses_of_the_pipeline_instructions(name, msg):
     with pytest.raises(RuntimeError, match=msg):
         cuda_kernels().selftest(name)
+
+
+# ---- shared-memory traffic, launch plumbing (the emulator's bank profile: per-lane addresses) ----
+
+def _profile(run):
+    ext = cuda_kernels()
+    ext.smem_profile(True)
+    try:
+        run()
+        return {kind: dict(zip(("requests", "wavefronts", "bytes"), v)) for kind, v in ext.smem_report().items()}
+    finally:
+        ext.smem_profile(False)
+
+
+@pytest.mark.skipif(ON_GPU, reason="the emulator's bank profile")
+def test_projection_stage_traffic_is_conflict_free(arch):
+    stages = 3
+    x = torch.randn(128, 64 * stages).to(torch.bfloat16)
+    prof = _profile(lambda: proj_cuda.project_into(x, torch.zeros(128, 128), seed=3, kind="rademacher", row_offset=0,
+                                                   splits=1))
+    # The producer writes the 128 x 128-byte R tile with 32 16-byte stores per stage: 4 wavefronts
+    # each (8 lanes hit 8 bank groups). Lane (lane / 4, lane % 4) gave 16: four rows, one chunk.
+    st = prof["st.shared"]
+    assert st["requests"] == 32 * stages and st["wavefronts"] == 4 * st["requests"]
+    cp = prof["cp.async"]  # x tile: 128 rows x 128 bytes
+    assert cp["bytes"] == 128 * 128 * stages and cp["wavefronts"] == 4 * cp["requests"]
+    if arch == 80:
+        # 2 x 2 warps of 32 x 64: per k16 step 2 A + 4 B ldmatrix.x4 per warp (1 + 8 with 16 x 128 warps)
+        lm = prof["ldmatrix"]
+        assert lm["requests"] == 8 * 4 * 6 * stages and lm["wavefronts"] == 4 * lm["requests"]
+    else:
+        assert prof["wgmma"]["requests"] == 2 * 4 * stages and prof["ldmatrix"]["requests"] == 0
+
+
+@pytest.mark.skipif(ON_GPU, reason="the emulator's bank profile")
+@pytest.mark.parametrize("op", ["kmeans", "max_sim"])
+def test_sm80_column_halves_merge_rows_through_shared_memory(op, monkeypatch, rng):
+    """ARCH 80 splits each row over two warps; the upper warp hands its per-row state over in one
+    16-byte store per row slot (4 per lead lane), conflict-free."""
+    monkeypatch.setenv("ADAPTINF_EMULATE_ARCH", "80")
+    x = torch.nn.functional.normalize(torch.randn(128, 64, generator=rng), dim=1).to(torch.float16)
+    if op == "kmeans":
+        prof = _profile(lambda: kmeans_cuda.assign(x, x[:130], "cosine"))
+    else:
+        labels = torch.zeros(64, dtype=torch.long)
+        prof = _profile(lambda: dedup_cuda.max_similarity(x[:64], labels, torch.arange(64)))
+    st, ld = prof["st.shared"], prof["ld.shared"]
+    warps = 8 if op == "kmeans" else 4
+    assert st["requests"] == ld["requests"] == 4 * warps // 2  # 4 row slots per thread, upper warps store
+    assert st["bytes"] == ld["bytes"] == 16 * 64 * warps // 4  # one 16-byte entry per block row
+    # lead lanes 0, 4, .., 28 write consecutive rows: two per 8-lane phase, in distinct banks
+    assert st["wavefronts"] == ld["wavefronts"] == 4 * st["requests"]
+
+
+@pytest.mark.skipif(ON_GPU, reason="the emulator's launch counters")
+def test_shared_memory_opt_in_happens_once_per_kernel():
+    ext = cuda_kernels()
+    x = torch.randn(128, 64).to(torch.bfloat16)
+    proj_cuda.project_into(x, torch.zeros(128, 128), seed=0, kind="rademacher", row_offset=0, splits=1)
+    before = ext.smem_opt_ins()
+    for _ in range(3):
+        proj_cuda.project_into(x, torch.zeros(128, 128), seed=0, kind="rademacher", row_offset=0, splits=1)
+    assert before >= 1 and ext.smem_opt_ins() == before
+
+
+def test_pipelined_projection_refuses_splits_off_16_byte_boundaries(arch):
+    x = torch.randn(16, 200).to(torch.bfloat16).to(DEVICE)
+    ws = torch.zeros(2, 16, 128, device=DEVICE)
+    args = (x.data_ptr(), CODES[torch.bfloat16], ws.data_ptr(), 16, 200, 128, 200, 0, 0)
+    stream = torch.cuda.current_stream().cuda_stream if ON_GPU else 0
+    with pytest.raises(ValueError, match="multiple of 8"):
+        cuda_kernels().project(*args, 100, "rademacher", stream, 0)  # split 1 would start at column 100
+    cuda_kernels().project(*args, 104, "rademacher", stream, 0)
+    want = x.float().cpu() @ proj_ref.matrix_rows(0, 0, 200, 128, "rademacher")
+    torch.testing.assert_close(ws.sum(0).cpu(), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(ON_GPU, reason="emulator self-tests")
+def test_emulator_reports_mismatched_named_barriers():
+    with pytest.raises(RuntimeError, match="disagree on the thread count"):
+        cuda_kernels().selftest("named_barrier_mismatch")

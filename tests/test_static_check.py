@@ -106,3 +106,66 @@ def test_warp_specialised_bound_adds_a_quarter_of_the_producer_stage_per_smsp():
     assert (both.instructions, both.tensor_cycles) == (31, 128.0) and both.issue_bound == 1.0
     one = sass.warp_specialised(sass.report_loop(consumer, 90), sass.report_loop(producer, 90), 4, 1)
     assert one.instructions == 103 and one.issue_bound == pytest.approx(64 / 103)  # one producer warp: one SMSP
+
+
+# ---- the shared-memory bound (bench/static/smem.py) and the pipelined kernels' SASS structure ----
+
+from bench.static import cuda as cuda_report  # noqa: E402
+from bench.static import smem  # noqa: E402
+
+
+def test_shared_wavefronts_of_each_access_kind():
+    (_, instrs), = sass.parse(listing([
+        "STS.U16 [R1+0x100], R2",                          # 2 B/lane: 64 B, still one wavefront
+        "STS.128 [R1], R4",                                # 16 B/lane: 512 B, 4 wavefronts
+        "LDSM.16.M88.4 R8, [R3]",                          # four 8x8 matrices: 4
+        "LDGSTS.E.BYPASS.128 [R5], desc[UR8][R6.64], P6",  # 4
+        "LDS.64 R10, [R3]",                                # 256 B: 2
+        "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24",   # SS: (64 + 128) rows x 32 B / 128 / 4 warps = 12
+        "HGMMA.64x128x16.F32.BF16 R24, R120, gdesc[UR8], R24",  # RS: A from registers: 128 x 32 / 128 / 4 = 8
+        "IMAD R2, R3, R4, RZ",
+    ])).items()
+    assert [smem.wavefronts(i) for i in instrs] == [1, 4, 4, 4, 2, 12, 8, 0]
+
+
+def test_shared_bound_of_a_loop_against_its_tensor_cycles():
+    # one warp's loop: 1 HGMMA 64x128 (64 cycles of its SMSP, 16 of the SM) and 20 wavefronts of stores
+    (_, instrs), = sass.parse(listing(["HGMMA.64x128x16.F32.BF16 R24, R120, gdesc[UR8], R24"] + ["STS.128 [R1], R4"] * 3)).items()
+    r = smem.from_sass(instrs, 90)
+    assert r["wavefronts"] == 8 + 12 and r["shared_bound"] == pytest.approx(16 / 20)
+    loop = smem.bounded({"issue_bound": 0.9, **r})
+    assert (loop["bound"], loop["binds"]) == (pytest.approx(0.8), "shared")
+
+
+def _pipe_sass(lines):
+    return sass.parse(listing(lines))["kern"]
+
+
+GOOD_WGMMA_LOOP = [
+    "SYNCS.PHASECHK.TRANS64.TRYWAIT P1, [R10+URZ+0x20000], R7",  # 0x00
+    "WARPGROUP.ARRIVE",
+    "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR20], R24, UP0",
+    "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR24], R24",
+    "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR24], R24",
+    "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR20], R24, gsb0",
+    "WARPGROUP.DEPBAR.LE gsb0, 0x1",
+    "SYNCS.ARRIVE.TRANS64.A1T0 RZ, [R4+URZ+0x20020], RZ",
+    "@P0 BRA 0x0",                                               # 0x80
+    "STG.E.64 desc[UR4][R2.64], R24",
+    "EXIT",
+]
+
+
+def test_structure_check_accepts_a_pipelined_wgmma_loop_and_paired_stores():
+    assert cuda_report.structure_problems("project_pipe", 90, 90, _pipe_sass(GOOD_WGMMA_LOOP)) == []
+
+
+def test_structure_check_flags_serialised_wgmma_unpaired_stores_and_bare_polling():
+    serial = [line.replace("gsb0, 0x1", "gsb0, 0x0") for line in GOOD_WGMMA_LOOP]
+    serial = [line.replace("STG.E.64", "STG.E") for line in serial]
+    problems = cuda_report.structure_problems("project_pipe", 90, 90, _pipe_sass(serial))
+    assert len(problems) == 2 and "gsb0, 0x1" in problems[1] and "STG.E.64" in problems[0]
+    polling = ["SYNCS.PHASECHK.TRANS64 P0, [R2], R3", "@!P0 BRA 0x0", "HMMA.16816.F32.BF16 R4, R8, R12, R4", "EXIT"]
+    assert cuda_report.structure_problems("kmeans_assign_pipe", 80, 80, _pipe_sass(polling)) == [
+        "no NANOSLEEP: the sm_80 barrier waits poll without back-off"]
+    assert cuda_report.structure_problems("kmeans_assign_pipe", 80, 80, _pipe_sass(["NANOSLEEP 0x20"] + polling)) == []

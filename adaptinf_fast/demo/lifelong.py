@@ -23,6 +23,7 @@ import numpy as np
 from ..data.demo_tasks import TASKS, make_tasks, vocabulary, word_tokenizer
 from ..data.encoder import Encoder, encode_many
 from ..lifelong.metrics import relative_gain
+from ..lifelong.models import pick_device
 from .._io import atomic_dir, write_json
 from ..lifelong.config import RunConfig, Strict, TrainConfig
 from ..lifelong.run import LifelongRun, Task, format_matrix
@@ -53,6 +54,7 @@ class DemoConfig(Strict):
     # the release's rules need 10 samples in every cluster (its preview draw): the demo's pools are smaller
     rules: Literal["adaptinf", "release"] = "adaptinf"
     progress: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when one is visible (bf16 autocast there)
     extra: dict = Field(default_factory=dict)  # RunConfig sections to override (tests)
 
     @model_validator(mode="after")
@@ -77,7 +79,7 @@ def pretrained_base(cfg: DemoConfig, describe: list[dict], tokenizer, say: Calla
     base_dir = cfg.out / "base"
     if not (base_dir / "config.json").exists():
         t0 = time.perf_counter()
-        model = tiny_llava(tokenizer, hidden=cfg.hidden, seed=cfg.seed)
+        model = tiny_llava(tokenizer, hidden=cfg.hidden, seed=cfg.seed).to(pick_device(cfg.device))
         encoder = Encoder.for_model(model, tokenizer, image_root=cfg.out / "tasks")
         problems: list = []
         _, items = encode_many([(r["id"], r) for r in describe], encoder, lambda i, why: problems.append((i, why)))
@@ -102,7 +104,7 @@ def pretrained_base(cfg: DemoConfig, describe: list[dict], tokenizer, say: Calla
 
     def load():
         model = LlavaForConditionalGeneration.from_pretrained(base_dir, local_files_only=True)
-        return model, tokenizer
+        return model.to(pick_device(cfg.device)), tokenizer
 
     return load
 

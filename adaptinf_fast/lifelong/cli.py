@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .._io import FolderLock
-from .config import StageConfig, load_stage_config
-from .pool import STATUSES, PoolStore
-from .steps import POOL_STEPS, STEPS, Context, StageDir, run_stage, run_steps
+if TYPE_CHECKING:
+    from .pool import PoolStore
+
+# The steps and the config schema (pydantic) are imported by the commands, not here: building the
+# parser (every `adaptinf-fast` call, `info` included) needs neither.
 
 
 def add_parsers(sub) -> None:
@@ -64,6 +66,11 @@ def _current_stage(pool: PoolStore, step: str) -> int:
 
 
 def run(args) -> int:
+    from .._io import FolderLock
+    from .config import load_stage_config
+    from .pool import PoolStore
+    from .steps import run_stage
+
     cmd = args.command
     if cmd == "status":
         return status(PoolStore(args.pool))
@@ -89,6 +96,9 @@ def run(args) -> int:
 
 
 def _pool_step(pool: PoolStore, cmd: str, args) -> int:
+    from .config import StageConfig
+    from .steps import POOL_STEPS, Context, StageDir, run_steps
+
     t = args.stage if args.stage is not None else _current_stage(pool, cmd)
     if cmd == "cluster" and args.elbow:
         from ..ops.kmeans import elbow, format_elbow, plot_elbow
@@ -124,6 +134,9 @@ def _pool_step(pool: PoolStore, cmd: str, args) -> int:
 
 
 def status(pool: PoolStore) -> int:
+    from .pool import STATUSES
+    from .steps import POOL_STEPS, STEPS
+
     counts = pool.counts()
     print(f"pool {pool.root}: stage {pool.state.stage}, " + ", ".join(f"{s} {counts[s]}" for s in STATUSES))
     by_stage: dict[int, dict[str, int]] = {}

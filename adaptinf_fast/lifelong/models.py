@@ -36,6 +36,22 @@ def load_peft_model(adapter_dir: str | Path, tokenizer_dir: str | Path | None = 
     return model, tokenizer, image_processor_for(base)
 
 
+def pick_device(setting: str = "auto"):
+    """The torch device of a ``device`` setting: "auto" takes the GPU when one is visible; "cuda"
+    means this process's GPU under torchrun / accelerate launch (``LOCAL_RANK``), made current."""
+    import os
+
+    import torch
+
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        return device
+    return torch.device(setting)
+
+
 def base_loader(model: dict) -> Callable[[], tuple[Any, Any]]:
     """A loader of (base model (LLaVA or causal LM), tokenizer, image processor or None) from
     ``ModelSettings`` (as a dict)."""
@@ -44,15 +60,8 @@ def base_loader(model: dict) -> Callable[[], tuple[Any, Any]]:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlavaForConditionalGeneration
 
-        import os
-
-        device = model.get("device", "auto")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda":  # one GPU per process under torchrun / accelerate launch
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            torch.cuda.set_device(device)
-        dtype = getattr(torch, model.get("dtype") or ("bfloat16" if device == "cuda" else "float32"))
+        device = pick_device(model.get("device", "auto"))
+        dtype = getattr(torch, model.get("dtype") or ("bfloat16" if device.type == "cuda" else "float32"))
         config = AutoConfig.from_pretrained(model["base"], local_files_only=True)
         cls = LlavaForConditionalGeneration if config.model_type == "llava" else AutoModelForCausalLM
         net = cls.from_pretrained(model["base"], local_files_only=True, dtype=dtype).to(device)

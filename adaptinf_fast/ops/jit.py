@@ -99,6 +99,19 @@ def _module(op: str):
     return cupy.RawModule(code=source, options=tuple(options), name_expressions=names)
 
 
+@functools.lru_cache(maxsize=None)
+def _function(op: str, name: str, device: int, smem: int):
+    """The kernel ``name`` on ``device``, its dynamic shared-memory limit raised once to ``smem``
+    (above 48 KiB it must be asked for; the attribute persists, so later launches skip the call)."""
+    import cupy
+
+    with cupy.cuda.Device(device):
+        fn = _module(op).get_function(name)
+        if smem:
+            fn.max_dynamic_shared_size_bytes = smem
+    return fn
+
+
 def _launch(op: str, name: str, grid: tuple[int, int, int], threads: int, args: tuple, stream: int, device: int,
             smem: int = 0):
     import cupy
@@ -106,9 +119,8 @@ def _launch(op: str, name: str, grid: tuple[int, int, int], threads: int, args: 
     if grid[0] > 0x7FFFFFFF or grid[1] > 65535 or grid[2] > 65535:
         raise ValueError(f"{op}: the problem needs a grid beyond CUDA's limits; split the call")
     with cupy.cuda.Device(device):
-        fn = _module(op).get_function(name)
+        fn = _function(op, name, device, smem)
         if smem:
-            fn.max_dynamic_shared_size_bytes = smem  # above 48 KiB it must be asked for
             fn(grid, (threads,), args, stream=cupy.cuda.ExternalStream(stream), shared_mem=smem)
         else:
             fn(grid, (threads,), args, stream=cupy.cuda.ExternalStream(stream))
@@ -148,6 +160,9 @@ def project(x, dtype, ws, batch, p, k, ldx, seed, row_offset, p_per_split, kind,
     args = (P(x), P(ws), I64(batch), I64(p), I64(k), I64(ldx), U64(seed), U64(row_offset), I64(p_per_split))
     arch = pipeline_arch(dtype, x, ldx, device) if kind == "rademacher" else 0
     if arch:
+        if p_per_split % 8:  # the producers copy x in 16-byte chunks from each split's first column
+            raise ValueError("project: p_per_split must be a multiple of 8 for 16-bit inputs with 16-byte aligned "
+                             f"rows (the pipelined kernel copies x in 16-byte chunks); got {p_per_split}")
         rows, threads, smem = pipe_launch(2)
         grid = (_cdiv(k, pipe_constants()["kBN"]), _cdiv(batch, rows), _cdiv(p, p_per_split))
         name = f"adaptinf::adaptinf_project_pipe<{DTYPE_NAMES[dtype]}, {arch}>"

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from . import sass
+from . import sass, smem
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHERS = ("project_launch.cu", "kmeans_launch.cu", "dedup_launch.cu")
@@ -21,6 +21,30 @@ THREADS = 128
 PIPE = {"project_pipe": (2, 0.70), "kmeans_assign_pipe": (2, 0.60), "max_sim_pipe": (1, 0.60)}
 
 
+def structure_problems(family: str, template_arch: int, num: int, instrs) -> list[str]:
+    """What a pipelined kernel's SASS must show beyond its bounds (on the architecture its path is
+    built for): sm_80's barrier wait backs off (NANOSLEEP), the projection's epilogue stores float
+    pairs (STG.E.64), and sm_90a's stage loop keeps one wgmma group in flight: one WARPGROUP.ARRIVE,
+    the 4 HGMMAs of a stage and a single wait for all but the newest group (DEPBAR.LE gsb0, 0x1);
+    a compiler that serialised the MMAs (a wait for 0 inside the loop) would show there."""
+    problems = []
+    ops = [i.opcode for i in instrs]
+    if template_arch == 80 and num < 90 and "NANOSLEEP" not in ops:
+        problems.append("no NANOSLEEP: the sm_80 barrier waits poll without back-off")
+    if family == "project_pipe" and not any(o.startswith("STG.E.64") for o in ops):
+        problems.append("the epilogue stores no float pairs (no STG.E.64)")
+    if template_arch == 90 and num >= 90:
+        inner, _ = sass.main_loop(instrs, num)
+        body = inner.own() if inner is not None else []
+        hgmma = sum(1 for i in body if i.opcode.startswith("HGMMA"))
+        arrives = sum(1 for i in body if i.opcode == "WARPGROUP.ARRIVE")
+        waits = [i.operands.replace(" ", "") for i in body if i.opcode.startswith("WARPGROUP.DEPBAR")]
+        if (hgmma, arrives, waits) != (4, 1, ["gsb0,0x1"]):
+            problems.append(f"the wgmma stage loop has {arrives} arrive(s), {hgmma} HGMMA(s) and waits {waits} "
+                            "(want 1, 4 and one wait for all but the newest group: gsb0, 0x1)")
+    return problems
+
+
 def _pipe_row(row: dict, family: str, template_arch: int, instrs, num: int) -> None:
     """Adds the warp-specialised view of a pipe kernel to its report row (see sass.warp_specialised)."""
     c, target = PIPE[family]
@@ -28,6 +52,7 @@ def _pipe_row(row: dict, family: str, template_arch: int, instrs, num: int) -> N
                runs_on_this_arch=template_arch == (90 if num >= 90 else 80))
     row["blocks_per_sm"] = sass.occupancy(row["regs"] or 0, row["smem_bytes"], row["threads"], num)
     row["target_issue_bound"] = target if row["runs_on_this_arch"] else None
+    row["structure_problems"] = structure_problems(family, template_arch, num, instrs) if row["runs_on_this_arch"] else []
     inner, _ = sass.main_loop(instrs, num)
     producer = sass.producer_loop(instrs, num)
     if inner is None or producer is None:
@@ -39,6 +64,9 @@ def _pipe_row(row: dict, family: str, template_arch: int, instrs, num: int) -> N
     row["producer_loop"] = {"instructions": prod.instructions, "mix": sass.categories(prod.mix)}
     both = sass.warp_specialised(cons, prod, 4 * c, 4)
     row["main_loop"] = sass.summary(both, useful, 4, num)  # one SMSP's share of a stage: 4 "warps" = the SM
+    shared = smem.pipe_stage(family, template_arch, num)
+    row["shared_per_stage"] = {"per_kind": shared["per_kind"], "conflict_factor": shared["conflict_factor"]}
+    row["main_loop"].update(wavefronts=shared["wavefronts"], shared_bound=shared["shared_bound"])
 
 _PTXAS_FN = re.compile(r"Compiling entry function '(\S+)' for '(\S+)'")
 _PTXAS_USED = re.compile(r"Used (\d+) registers")
@@ -111,8 +139,11 @@ def report(arch: str) -> list[dict]:
             if inner is not None:
                 loop = sass.report_loop(inner, num)
                 row.update(main_loop=sass.summary(loop, USEFUL_FLOPS_PER_ITER, THREADS // 32, num))
+                row["main_loop"].update(smem.from_sass(inner.own(), num))
             family = short.group(1).split("<")[0] if short else ""
             if family in PIPE:
                 _pipe_row(row, family, int(re.search(r"(\d+)>$", row["kernel"]).group(1)), instrs, num)
+            if row.get("main_loop"):
+                smem.bounded(row["main_loop"])
             rows.append(row)
     return rows

@@ -88,6 +88,8 @@ inline unsigned char* dyn_base_ = nullptr;     // the running block's dynamic sh
 inline std::size_t dyn_bytes_ = 0;
 void reset_block_state();                      // ptx_emu.h: mbarriers of the previous block
 void reset_thread_state();                     // ptx_emu.h: pending copies and MMAs
+void end_thread_profile();                     // ptx_emu.h: hand this thread's shared accesses to the block
+void end_block_profile();                      // ptx_emu.h: count the block's wavefronts
 
 inline std::mutex& launch_mutex() {
   static std::mutex m;
@@ -143,11 +145,13 @@ void launch(Dim3 grid, Dim3 block, F&& body, std::size_t smem_bytes = 0) {
               if (!error) error = std::current_exception();
             }
             syncs[t] = syncs_;
+            end_thread_profile();
             bar.drop();
             warp_barriers_[t / 32]->drop();
           });
         }
         for (auto& th : pool) th.join();
+        end_block_profile();
         barrier_ = nullptr;
         dyn_base_ = nullptr;
         if (error) std::rethrow_exception(error);

@@ -16,12 +16,21 @@
 //   element (row, k) sits at start + (row / 8) * SBO + (row % 8) * 128 + 2k with address bits
 //   [4, 7) XORed by bits [7, 10). D is the m64nN f32 fragment: lane l of warp w holds rows
 //   16w + l/4 (+ 8) and columns 8j + 2(l % 4) (+ 1).
+// * bar.sync id, count (named barriers): the first `count` arrivals at barrier `id` release it.
+// * Shared-memory bank profile (smem_profile): every ld/st.shared, cp.async and ldmatrix lane
+//   address is logged per warp instruction; a request is split into phases of 128 bytes (8 lanes
+//   for 16-byte accesses, 16 for 8-byte, 32 for 4-byte) and each phase costs as many wavefronts as
+//   the most distinct 4-byte words that fall into one of the 32 banks. wgmma operand reads (A and
+//   B through their descriptors, once per warpgroup) count their bytes at 128 per wavefront: the
+//   128-byte swizzle lets the tensor cores read 8 rows' chunks from 8 distinct bank groups.
 // Not modelled: timing, the async proxy (fence.proxy.async is a no-op), register-level hazards of
 // touching accumulators between a wgmma and its wait.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <deque>
+#include <tuple>
 
 inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
   const unsigned long long v = (static_cast<unsigned long long>(y) << 32) | x;
@@ -56,6 +65,127 @@ inline unsigned char* smem_at(unsigned long long addr, std::size_t bytes) {
 inline int lane_id() { return linear_thread() % 32; }
 inline void warp_sync() { warp_barriers_[linear_thread() / 32]->wait(); }
 
+// ---- shared-memory bank profile ------------------------------------------------------------------
+enum SmemKind : int { kStShared = 0, kLdShared, kCpAsync, kLdmatrix, kWgmma, kSmemKinds };
+inline const char* const kSmemKindNames[kSmemKinds] = {"st.shared", "ld.shared", "cp.async", "ldmatrix", "wgmma"};
+struct SmemStats {
+  long long requests = 0, wavefronts = 0, bytes = 0;
+};
+struct SmemAccess {
+  int kind;
+  long long seq;  // the thread's n-th access of this kind: the same warp instruction on every lane
+  unsigned addr, bytes;
+  int thread;
+};
+inline std::atomic<bool> profiling_{false};
+inline std::mutex profile_mutex_;
+inline SmemStats profile_[kSmemKinds];
+inline std::vector<SmemAccess> block_accesses_;
+inline thread_local std::vector<SmemAccess> thread_accesses_;
+inline thread_local long long access_seq_[kSmemKinds] = {};
+
+inline void record(SmemKind kind, unsigned addr, unsigned bytes) {
+  if (!profiling_.load(std::memory_order_relaxed)) return;
+  thread_accesses_.push_back(SmemAccess{kind, access_seq_[kind]++, addr, bytes, linear_thread()});
+}
+
+inline void end_thread_profile() {
+  for (auto& k : access_seq_) k = 0;
+  if (thread_accesses_.empty()) return;
+  std::lock_guard<std::mutex> lock(profile_mutex_);
+  block_accesses_.insert(block_accesses_.end(), thread_accesses_.begin(), thread_accesses_.end());
+  thread_accesses_.clear();
+}
+
+// Wavefronts of one warp instruction: (lane, address, bytes) of its active lanes.
+inline long long wavefronts(const std::vector<SmemAccess>& lanes) {
+  const unsigned width = lanes.front().bytes;
+  const int per_phase = static_cast<int>(std::min(32u, 128u / std::max(width, 1u)));
+  long long total = 0;
+  for (int phase = 0; phase < 32 / per_phase; ++phase) {
+    std::map<unsigned, std::vector<unsigned>> words;  // bank -> distinct 4-byte words
+    for (const auto& a : lanes) {
+      const int lane = a.thread % 32;
+      if (lane / per_phase != phase) continue;
+      for (unsigned w = a.addr / 4; w <= (a.addr + a.bytes - 1) / 4; ++w) {
+        auto& in_bank = words[w % 32];
+        if (std::find(in_bank.begin(), in_bank.end(), w) == in_bank.end()) in_bank.push_back(w);
+      }
+    }
+    std::size_t most = 0;
+    for (const auto& kv : words) most = std::max(most, kv.second.size());
+    total += static_cast<long long>(most);
+  }
+  return total;
+}
+
+inline void end_block_profile() {
+  std::lock_guard<std::mutex> lock(profile_mutex_);
+  std::map<std::tuple<int, int, long long>, std::vector<SmemAccess>> requests;  // (kind, warp, seq)
+  for (const auto& a : block_accesses_) requests[{a.kind, a.thread / 32, a.seq}].push_back(a);
+  block_accesses_.clear();
+  for (const auto& kv : requests) {
+    SmemStats& st = profile_[std::get<0>(kv.first)];
+    ++st.requests;
+    for (const auto& a : kv.second) st.bytes += a.bytes;
+    st.wavefronts += std::get<0>(kv.first) == kWgmma ? kv.second.front().bytes / 128 : wavefronts(kv.second);
+  }
+}
+
+inline void smem_profile(bool on) {
+  std::lock_guard<std::mutex> lock(profile_mutex_);
+  for (auto& st : profile_) st = SmemStats{};
+  block_accesses_.clear();
+  profiling_.store(on);
+}
+
+// ---- plain shared-memory accesses, named barriers, nanosleep ------------------------------------
+inline void st_shared16(unsigned addr, const void* v) {
+  if (addr % 16) fail("st.shared.v4: address not 16-byte aligned");
+  record(kStShared, addr, 16);
+  std::memcpy(smem_at(addr, 16), v, 16);
+}
+inline void ld_shared16(unsigned addr, void* v) {
+  if (addr % 16) fail("ld.shared.v4: address not 16-byte aligned");
+  record(kLdShared, addr, 16);
+  std::memcpy(v, smem_at(addr, 16), 16);
+}
+
+inline void st_global_v2(float* p, float a, float b) {
+  if (reinterpret_cast<std::uintptr_t>(p) % 8) fail("st.global.v2.f32: address not 8-byte aligned");
+  p[0] = a;
+  p[1] = b;
+}
+
+inline void nanosleep() { std::this_thread::yield(); }
+
+struct NamedBarrier {
+  int expected = 0, arrived = 0;
+  long long generation = 0;
+};
+inline std::mutex named_mutex_;
+inline std::condition_variable named_cv_;
+inline std::map<int, NamedBarrier> named_barriers_;  // by id, for the running block
+
+inline void named_barrier(int id, int threads) {
+  if (id < 1 || id > 15) fail("bar.sync: barrier id outside 1..15 (0 is __syncthreads)");
+  if (threads % 32 || threads < 32 || threads > static_cast<int>(blockDim_.x * blockDim_.y * blockDim_.z))
+    fail("bar.sync: thread count not a multiple of 32 within the block");
+  std::unique_lock<std::mutex> lock(named_mutex_);
+  NamedBarrier& b = named_barriers_[id];
+  if (b.arrived == 0) b.expected = threads;
+  if (b.expected != threads) fail("bar.sync: arrivals at one barrier disagree on the thread count");
+  const long long gen = b.generation;
+  if (++b.arrived == b.expected) {
+    b.arrived = 0;
+    ++b.generation;
+    named_cv_.notify_all();
+    return;
+  }
+  if (!named_cv_.wait_for(lock, std::chrono::seconds(60), [&] { return named_barriers_[id].generation != gen; }))
+    fail("a named barrier was not reached by all its threads in 60 s (a deadlock)");
+}
+
 // ---- cp.async ------------------------------------------------------------------------------------
 struct Copy {
   unsigned dst;
@@ -66,6 +196,7 @@ inline thread_local std::deque<std::vector<Copy>> copy_groups_;
 
 inline void cp_async16(unsigned dst, const void* src, int src_bytes) {
   if (dst % 16) fail("cp.async: shared address not 16-byte aligned");
+  record(kCpAsync, dst, 16);
   if (src_bytes < 0 || src_bytes > 16) fail("cp.async: src-size outside [0, 16]");
   if (src_bytes > 0 && reinterpret_cast<std::uintptr_t>(src) % 16) fail("cp.async: global address not 16-byte aligned");
   smem_at(dst, 16);
@@ -157,6 +288,10 @@ inline std::vector<WarpSlots>& warp_slots() {
 inline WarpSlots& my_slots() { return warp_slots()[linear_thread() / 32]; }
 
 inline void reset_block_state() {
+  {
+    std::lock_guard<std::mutex> named(named_mutex_);
+    named_barriers_.clear();
+  }
   std::lock_guard<std::mutex> lock(mbar_mutex());
   mbars().clear();
   warp_slots().assign(warp_barriers_.size(), WarpSlots{});
@@ -175,6 +310,7 @@ float half_value(unsigned reg, int upper) {
 // l receives elements 2 (l % 4), +1 of row l / 4 of matrix j.
 inline void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
   if (addr % 16) fail("ldmatrix: row address not 16-byte aligned");
+  record(kLdmatrix, addr, 16);
   WarpSlots& s = my_slots();
   const int l = lane_id();
   s.u[l][0] = addr;
@@ -262,6 +398,7 @@ inline void run(const Wgmma& m) {
 
 template <class T>
 void wgmma_m64n128k16(float (&d)[64], unsigned long long da, unsigned long long db, int scale_d) {
+  if (linear_thread() % 128 == 0) record(kWgmma, 0, (64 + 128) * 16 * 2);  // A and B of one k16 step
   open_mmas_.push_back(Wgmma{da, db, d, scale_d, std::is_same<T, __nv_bfloat16>::value});
 }
 

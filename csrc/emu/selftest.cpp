@@ -18,6 +18,8 @@ __global__ void cp_async_misaligned_kernel(const unsigned char* src) {
   ptx::cp_async_wait_all();
 }
 
+__global__ void named_barrier_mismatch_kernel() { ptx::named_barrier(1, threadIdx.x < 32 ? 64 : 32); }
+
 __global__ void mbarrier_uninitialised_kernel() { ptx::mbar_arrive(ptx::smem_addr(ptx::dynamic_smem())); }
 
 __global__ void wgmma_unswizzled_kernel() {
@@ -45,6 +47,9 @@ void emu_selftest(const std::string& name) {
   } else if (name == "mbarrier_uninitialised") {
     auto kernel = mbarrier_uninitialised_kernel;
     ADAPTINF_LAUNCH_SMEM(kernel, one, 32, 1024, 0);
+  } else if (name == "named_barrier_mismatch") {
+    auto kernel = named_barrier_mismatch_kernel;
+    ADAPTINF_LAUNCH(kernel, one, 64, 0);
   } else if (name == "wgmma_unswizzled") {
     auto kernel = wgmma_unswizzled_kernel;
     ADAPTINF_LAUNCH_SMEM(kernel, one, 128, 32768, 0);

@@ -15,6 +15,7 @@ from .. import _cuda_util as cu
 
 TILE_B, TILE_N, TILE_P = 64, 64, 32  # kernels/tile_mma.cuh
 PIPE_TILE = (128, 128)  # kernels/project.cu adaptinf_project_pipe: (batch rows, columns) of a block
+PIPE_STEP = 64  # kernels/pipe.cuh kBK: P rows per stage (splits start on a stage, so on 16 bytes)
 MAX_ROWS_PER_LAUNCH = 65535 * TILE_B  # batch tiles sit on the grid's y axis (at most 65535)
 
 
@@ -45,7 +46,8 @@ def _launch(x: torch.Tensor, out: torch.Tensor, seed: int, kind: str, row_offset
     pipelined = kind == "rademacher" and cu.kernels().pipeline_arch(cu.DTYPE_CODES[x.dtype], x.data_ptr(), x.stride(0),
                                                                     device)
     splits = splits or _splits(b, p, k, x.device, PIPE_TILE if pipelined else (TILE_B, TILE_N))
-    p_per_split = _cdiv(_cdiv(p, splits), TILE_P) * TILE_P
+    step = PIPE_STEP if pipelined else TILE_P
+    p_per_split = _cdiv(_cdiv(p, splits), step) * step
     splits = _cdiv(p, p_per_split)
     ws = torch.empty(splits, b, k, dtype=torch.float32, device=x.device)
     cu.kernels().project(x.data_ptr(), cu.DTYPE_CODES[x.dtype], ws.data_ptr(), b, p, k, x.stride(0), seed, row_offset,
