@@ -142,8 +142,8 @@ def _merge(args) -> int:
 
     _quiet_transformers()
     load = base_loader({"base": str(args.base)}) if args.base else None
-    res = reapply_merge(args.run, args.method, load, density=args.density, lam=args.lam, out=args.out,
-                        progress=not args.no_progress)
+    res = reapply_merge(args.run, args.method, load, density=args.density, lam=args.lam, keep=args.keep,
+                        clamp=args.clamp, out=args.out, progress=not args.no_progress)
     print(format_matrix(res))
     print(f"wrote {args.out or Path(args.run) / f'merge-{args.method}'}/summary.json and accuracy.json")
     return 0
@@ -190,9 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-progress", action="store_true")
     merge = sub.add_parser("merge", help="re-apply a training-free merge of a finished run's per-stage adapters")
     merge.add_argument("run", type=Path, help="a finished run folder (from run or demo)")
-    merge.add_argument("--method", required=True, help="average or ties (copa: not implemented, see the README)")
+    merge.add_argument("--method", required=True, choices=["average", "ties", "copa"],
+                       help="average, ties or copa (CoPA-Merging as its official code computes it)")
     merge.add_argument("--density", type=float, default=0.2, help="ties: fraction of each update's entries kept")
-    merge.add_argument("--lam", type=float, default=1.0, help="ties: scale of the merged update")
+    merge.add_argument("--keep", type=float, default=0.2, help="copa: fraction of each A and B kept by magnitude")
+    merge.add_argument("--clamp", type=float, default=0.2,
+                       help="copa: share of each task's largest scaling coefficients left distinct")
+    merge.add_argument("--lam", type=float, default=None, help="ties: scale of the merged update (default 1.0); "
+                       "copa: the fuse weight (default 2.0)")
     merge.add_argument("--base", type=Path, default=None, help="base model folder (default: the one in run.json)")
     merge.add_argument("--out", type=Path, default=None, help="output folder (default RUN/merge-METHOD)")
     merge.add_argument("--no-progress", action="store_true")

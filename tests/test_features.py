@@ -87,6 +87,19 @@ def test_llava_features_scores_and_image_grounding(rng):
         assert fs.scores["ig"][i].item() == pytest.approx(want_ig, rel=1e-4)
 
 
+def test_before_batch_sees_each_batch_and_then_the_image_grounding_rows(rng):
+    model = tiny_llava()
+    images, text_only = random_rows(3, rng, image_tokens=16), random_rows(2, rng)
+    text_only = [{**r, "id": f"text-{i}"} for i, r in enumerate(text_only)]
+    rows = [images[0], text_only[0], images[1], text_only[1], images[2]]
+    calls = []
+    af.GradientFeaturizer(model, layers="all", out_dim=OUT).extract(
+        rows, batch_size=3, progress=False, before_batch=lambda items: calls.append([r["id"] for r in items]))
+    ids = [r["id"] for r in rows]
+    # batch 1, its image rows (for the pass without the image), batch 2, its image row
+    assert calls == [ids[:3], [ids[0], ids[2]], ids[3:], [ids[4]]]
+
+
 def test_same_sample_same_feature_in_any_batch_or_padding(rng):
     model = tiny_llama()
     rows = random_rows(6, rng)

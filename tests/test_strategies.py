@@ -1,6 +1,7 @@
-"""Model-side strategies on the lifelong loop (lifelong/strategies.py): merging and HiDe runs finish
-two stages, resume after a kill to the same files, deploy what their definitions say, and HiDe
-routes the demo tasks' prompts to their own experts."""
+"""Model-side strategies on the lifelong loop (lifelong/strategies/): merging (average, TIES,
+CoPA) and HiDe runs finish two stages, resume after a kill to the same files and deploy what
+their definitions say; HiDe trains one expert per stage, fuses the general layers, routes the
+specific one, and reports routing accuracy."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ import pytest
 import torch
 
 from adaptinf_fast.lifelong import run as run_module
-from adaptinf_fast.lifelong import strategies
 from adaptinf_fast.lifelong.config import RunConfig
 from adaptinf_fast.lifelong.run import LifelongRun
-from adaptinf_fast.ops.merge import delta_of, lora_pairs, merge_lora
+from adaptinf_fast.ops.merge import lora_pairs, merge_lora
 from test_lifelong_run import loader, state, two_tasks
 
 
@@ -33,40 +33,51 @@ def config(strategy: str) -> RunConfig:
         "hide": {"probe": 8}, "merge": {"density": 0.5}})
 
 
-def adapters(out: Path, *stages: int):
+def adapters(out: Path, *stages: tuple[int, str]):
     from peft.utils import load_peft_weights
 
     return [load_peft_weights(str(out / "pool" / "stages" / f"stage-{t:03d}" / d)) for t, d in stages]
 
 
+def check_definition(strategy: str, whole: Path, res: dict) -> None:
+    stage2 = whole / "pool" / "stages" / "stage-002"
+    if strategy.startswith("merge:"):
+        [a1, a2, deployed] = adapters(whole, (1, "adapter"), (2, "adapter"), (2, "deployed"))
+        want = merge_lora([a1, a2], 2.0, strategy.split(":")[1], density=0.5)
+        for bk, ak in lora_pairs(a1).values():
+            torch.testing.assert_close(deployed[bk], want[bk])
+            torch.testing.assert_close(deployed[ak], want[ak])
+        return
+    [a0, a1, a2] = adapters(whole, (0, "adapter"), (1, "adapter"), (2, "adapter"))
+    info = json.loads((stage2 / "hide.json").read_text())
+    assert info["experts"] == 2 and info["expert_rank"] == 4 and info["specific_layers"] == [1] and len(info["cka"]) == 2
+    for k in a0:  # one adapter of rank 2 x 4; stage 1 trained expert 1 only, stage 2 expert 2 only
+        expert = (lambda a, e: a[k][4 * e : 4 * e + 4]) if ".lora_A." in k else (lambda a, e: a[k][:, 4 * e : 4 * e + 4])
+        assert torch.equal(expert(a1, 1), expert(a0, 1)) and torch.equal(expert(a2, 0), expert(a1, 0))
+        assert not torch.equal(expert(a1, 0), expert(a0, 0))
+        if ".lora_B." in k:
+            assert torch.equal(a0[k], torch.zeros_like(a0[k]))  # every expert starts with B = 0
+    assert set(res["routing"][2]) == {"colours", "successor"} and all(0 <= v <= 1 for v in res["routing"][2].values())
+    assert res["routing"][1]["colours"] == 1.0  # one task: every prompt to its expert
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["merge:average", "merge:ties", "hide"])
+@pytest.mark.parametrize("strategy", ["merge:average", "merge:ties", "merge:copa", "hide"])
 def test_strategy_runs_resumes_after_a_kill_and_deploys_its_definition(setting, strategy, monkeypatch):
     root, tasks, base = setting
     cfg = config(strategy)
     whole = root / f"whole-{strategy.replace(':', '-')}"
     res = LifelongRun(whole, tasks, cfg, loader(base), progress=False, say=lambda s: None).run()
     assert res["strategy"] == strategy and len(res["accuracy"]) == 3
-    stage2 = whole / "pool" / "stages" / "stage-002"
-    [a1, a2, deployed] = adapters(whole, (1, "adapter"), (2, "adapter"), (2, "deployed"))
-    if strategy.startswith("merge:"):
-        want = merge_lora([a1, a2], 2.0, strategy.split(":")[1], density=0.5)
-        for p in lora_pairs(a1):
-            torch.testing.assert_close(delta_of(deployed, p, 2.0), delta_of(want, p, 2.0))
-    else:
-        info = json.loads((stage2 / "hide.json").read_text())
-        assert info["layers"] == 2 and len(info["cka"]) == 2 and 0 <= info["split"] <= 1
-        for k in deployed:  # layers from the split up: task 2's; below: the mean of both tasks' updates
-            if (strategies.layer_of(k) or 0) >= info["split"]:
-                assert torch.equal(deployed[k], a2[k])
-        assert res["routing"][2] == {"colours": 1.0, "successor": 1.0}  # separable tasks: every prompt to its own expert
+    check_definition(strategy, whole, res)
 
     real_eval = run_module.evaluate
     out = root / f"resumed-{strategy.replace(':', '-')}"
     crashed = []
+    marker = "deployed" if strategy.startswith("merge:") else "router.pt"
 
     def crashing_eval(*args, **kwargs):  # dies in stage 2's evaluation, after its model was deployed
-        if not crashed and (out / "pool" / "stages" / "stage-002" / "deployed").exists():
+        if not crashed and (out / "pool" / "stages" / "stage-002" / marker).exists():
             crashed.append(1)
             raise KeyboardInterrupt("killed")
         return real_eval(*args, **kwargs)
@@ -85,56 +96,24 @@ def test_merge_command_reapplies_a_merge_to_a_finished_run(setting, capsys):
 
     root, tasks, base = setting
     run = root / "for-reapply"
-    res = LifelongRun(run, tasks, config("merge:ties"), loader(base), progress=False, say=lambda s: None,
+    res = LifelongRun(run, tasks, config("merge:copa"), loader(base), progress=False, say=lambda s: None,
                       model_info={"base": str(base)}).run()
-    assert cli.main(["merge", str(run), "--method", "ties", "--density", "0.5", "--no-progress"]) == 0
-    again = json.loads((run / "merge-ties" / "summary.json").read_text())
+    assert cli.main(["merge", str(run), "--method", "copa", "--no-progress"]) == 0
+    again = json.loads((run / "merge-copa" / "summary.json").read_text())
     assert again["accuracy"] == res["accuracy"]  # the run's own merges, rebuilt from its stage adapters
-    assert "stage 2" in capsys.readouterr().out
-    assert cli.main(["merge", str(run), "--method", "average", "--base", str(base), "--no-progress"]) == 0
-    assert (run / "merge-average" / "accuracy.json").exists()
+    assert again["merge"]["keep"] == 0.2 and "stage 2" in capsys.readouterr().out
+    assert cli.main(["merge", str(run), "--method", "ties", "--density", "0.5", "--base", str(base),
+                     "--no-progress"]) == 0
+    assert (run / "merge-ties" / "accuracy.json").exists()
     capsys.readouterr()
-    assert cli.main(["merge", str(run), "--method", "copa"]) == 2
-    assert "CoPA-Merging) is not implemented" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["merge", str(run), "--method", "fisher"])
 
 
-def test_copa_and_unknown_strategies_are_refused_with_the_reason():
-    with pytest.raises(ValueError, match="CoPA-Merging.* not implemented"):
-        config("merge:copa")
+def test_unknown_strategies_and_weight_decay_under_hide_are_refused():
     with pytest.raises(ValueError, match="expected one of"):
         config("merge:fisher")
-
-
-def test_hide_split_keeps_the_trailing_dissimilar_layers():
-    assert strategies.hide_split([0.99, 0.95, 0.5, 0.4], 0.9) == 2
-    assert strategies.hide_split([0.99, 0.95, 0.97], 0.9) == 2  # at least the top layer
-    assert strategies.hide_split([0.2, 0.3], 0.9) == 0
-
-
-def test_routing_takes_the_nearest_prototype():
-    protos = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # centred on (0, 1/3)
-    feats = torch.tensor([[0.9, 0.1], [0.1, 2.0], [-3.0, 0.5]])
-    assert strategies.route(feats, protos).tolist() == [0, 1, 2]
-    shared = torch.tensor([[10.0, 1.0], [10.0, -1.0]])  # a large common part: the sign of the difference decides
-    assert strategies.route(torch.tensor([[10.0, 0.2], [10.0, -0.3]]), shared).tolist() == [0, 1]
-    assert strategies.route(feats, protos[:1]).tolist() == [0, 0, 0]  # one task: one expert
-
-
-def test_routing_features_are_the_prompt_text_and_the_image(setting):
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
-
-    from adaptinf_fast.data.encoder import Encoder
-
-    root, tasks, base = setting
-    model = LlavaForConditionalGeneration.from_pretrained(base)
-    tok = AutoTokenizer.from_pretrained(base)
-    enc = Encoder.for_model(model, tok, image_root=root / "tasks")
-    recs = tasks[0].train[:2]
-    no_image = {"id": "t", "conversations": [{"from": "human", "value": "what colour"}, {"from": "gpt", "value": "red"}]}
-    f = strategies.prompt_features(model, enc, [*recs, no_image])
-    h = model.config.text_config.hidden_size
-    assert f.shape == (3, 2 * h)
-    torch.testing.assert_close(f[:, :h].norm(dim=1), torch.ones(3))  # normalised text part
-    torch.testing.assert_close(f[:2, h:].norm(dim=1), torch.ones(2))  # normalised image part
-    assert torch.equal(f[2, h:], torch.zeros(h)) and not torch.allclose(f[0, h:], f[1, h:])
-    assert strategies.prompt_features(model, enc, [no_image]).shape == (1, 2 * h)  # one width for every task
+    with pytest.raises(ValueError, match="weight decay would shrink the other experts"):
+        RunConfig.model_validate({"strategy": "hide", "train": {"weight_decay": 0.01}})
+    with pytest.raises(ValueError, match="expected a local CLIP model folder"):
+        RunConfig.model_validate({"strategy": "hide", "router": {"clip": "/nonexistent"}})

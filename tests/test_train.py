@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
+from adaptinf_fast.lifelong.experts import ExpertLoRA, OneHot
 from adaptinf_fast.lifelong.train import TrainConfig, train_lora
 from tiny_models import random_rows, tiny_llama
 
@@ -95,9 +98,10 @@ def test_tensorboard_logs_when_installed(tmp_path):
 
 
 DDP_SCRIPT = """
-import sys, torch, torch.distributed as dist
+import contextlib, sys, torch, torch.distributed as dist
 sys.path.insert(0, {tests!r})
 from tiny_models import random_rows, tiny_llama
+from adaptinf_fast.lifelong.experts import ExpertLoRA, OneHot
 from adaptinf_fast.lifelong.train import TrainConfig, train_lora
 dist.init_process_group("gloo")
 model = tiny_llama(seed=2)
@@ -105,7 +109,9 @@ for m in model.modules():  # no dropout: its masks are per process
     if isinstance(m, torch.nn.Dropout):
         m.p = 0.0
 rows = random_rows(10, torch.Generator().manual_seed(3))
-out = train_lora(model, rows, TrainConfig(lr=1e-3, epochs=2, batch_size=3, grad_accum=2, seed=5), progress=False)
+mode = ExpertLoRA(model, 2).mode(OneHot(1)) if {experts} else contextlib.nullcontext()
+with mode:
+    out = train_lora(model, rows, TrainConfig(lr=1e-3, epochs=2, batch_size=3, grad_accum=2, seed=5), progress=False)
 if dist.get_rank() == 0:
     torch.save({{"losses": out["losses"], "weights": {{n: p.detach() for n, p in model.named_parameters() if p.requires_grad}}}},
                {out!r})
@@ -114,16 +120,18 @@ dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_two_process_ddp_training_equals_one_process(tmp_path):
+@pytest.mark.parametrize("experts", [False, True], ids=["plain", "one-expert-of-two"])
+def test_two_process_ddp_training_equals_one_process(tmp_path, experts):
     """torchrun --nproc-per-node 2 (gloo, CPU): each micro-batch split across the processes, the
-    token-normalised loss all-reduced — the same weights and losses as one process up to rounding."""
+    token-normalised loss all-reduced — the same weights and losses as one process up to rounding;
+    also when one expert of an expert-LoRA layer trains (lifelong/experts.py)."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "ddp.pt")))
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "ddp.pt"), experts=experts))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                           "29517", str(script)], capture_output=True, text=True, env=env, timeout=300)
@@ -133,8 +141,9 @@ def test_two_process_ddp_training_equals_one_process(tmp_path):
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    want = train_lora(model, random_rows(10, torch.Generator().manual_seed(3)),
-                      TrainConfig(lr=1e-3, epochs=2, batch_size=3, grad_accum=2, seed=5), progress=False)
+    with ExpertLoRA(model, 2).mode(OneHot(1)) if experts else contextlib.nullcontext():
+        want = train_lora(model, random_rows(10, torch.Generator().manual_seed(3)),
+                          TrainConfig(lr=1e-3, epochs=2, batch_size=3, grad_accum=2, seed=5), progress=False)
     assert got["losses"] == pytest.approx(want["losses"], rel=1e-5)
     w = lora_state(model)
     assert all(torch.allclose(got["weights"][k], w[k], rtol=1e-4, atol=1e-6) for k in w)

@@ -107,12 +107,16 @@ def vocabulary(tasks: dict[str, dict[str, list]]) -> list[str]:
     return sorted(words)
 
 
-def word_tokenizer(words: list[str]):
-    """A PreTrainedTokenizerFast over ``words`` plus specials and the demo's prompt words; no download."""
+SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
+
+
+def word_tokenizer(words: list[str], specials: tuple[str, ...] = SPECIALS):
+    """A PreTrainedTokenizerFast over ``words`` plus ``specials`` (their order sets their ids) and the
+    demo's prompt words; no download."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+    specials = list(specials)
     base = ["USER", "ASSISTANT", ":", "?", ".", ","]
     vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + base + list(words)))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))

@@ -6,8 +6,9 @@ task (digits, colours, counting, successor) is one stage of ``LifelongRun``: add
 features → clusters → selection → LoRA training → evaluation on every task → pruning. With
 ``compare``, the baselines ("random": the same budget drawn at random from the unpruned pool;
 "full": the whole unpruned pool) and the model-side strategies ("sequential" is the default run;
-"merge:average", "merge:ties", "hide": Adapt-∞ selection with that strategy,
-``lifelong/strategies.py``) run on the same data from the same base and initial adapter.
+"merge:average", "merge:ties", "merge:copa", "hide": Adapt-∞ selection with that strategy,
+``lifelong/strategies/``) run on the same data from the same base and initial adapter. A routed
+strategy (hide) routes with a tiny CLIP trained on the stage-0 captions (``demo/clip.py``).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from ..lifelong.models import pick_device
 from .._io import atomic_dir, write_json
 from ..lifelong.config import RunConfig, Strict, TrainConfig
 from ..lifelong.run import LifelongRun, Task, format_matrix
-from ..lifelong.strategies import STRATEGIES, check
+from ..lifelong.strategies import STRATEGIES
 from ..lifelong.train import train_lora
+from .clip import pretrained_clip
 from .model import tiny_llava
 
 BASELINES = ("random", "full")  # the strategies (lifelong.strategies.STRATEGIES) run with Adapt-∞ selection
@@ -65,9 +67,6 @@ class DemoConfig(Strict):
         bad = set(self.compare) - set(BASELINES) - set(STRATEGIES)
         if bad:
             raise ValueError(f"--compare takes {', '.join(BASELINES + STRATEGIES)}; got {sorted(bad)}")
-        for name in self.compare:
-            if name in STRATEGIES:
-                check(name)  # merge:copa is refused here, with its reason, before any work
         return self
 
 
@@ -109,6 +108,9 @@ def pretrained_base(cfg: DemoConfig, describe: list[dict], tokenizer, say: Calla
     return load
 
 
+ROUTED = ("hide",)  # strategies that route inputs with the task router (its CLIP: demo/clip.py)
+
+
 def run_config(cfg: DemoConfig, method: str) -> RunConfig:
     """The run config of one compared run: a baseline selection, or Adapt-∞ with a strategy."""
     baseline = method in BASELINES
@@ -120,6 +122,8 @@ def run_config(cfg: DemoConfig, method: str) -> RunConfig:
            "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
            "train": {"lr": cfg.lr, "epochs": cfg.epochs, "batch_size": 16, "warmup_ratio": 0.05, "seed": cfg.seed},
            "eval": {"scorer": "exact_match", "max_new_tokens": 4}}
+    if strategy in ROUTED:
+        doc["router"] = {"clip": str(cfg.out / "clip")}
     for section, values in cfg.extra.items():
         doc[section] = {**doc.get(section, {}), **values}
     return RunConfig.model_validate(doc)
@@ -132,6 +136,9 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     tokenizer = word_tokenizer(vocabulary(data))
     say(f"tasks: {', '.join(cfg.tasks)} ({cfg.n_train} train / {cfg.n_test} test each), written to {cfg.out / 'tasks'}")
     load = pretrained_base(cfg, data["describe"]["train"], tokenizer, say)
+    if any(m in ROUTED for m in cfg.compare):
+        captions = [{**r, "image": str(cfg.out / "tasks" / r["image"])} for r in data["describe"]["train"]]
+        pretrained_clip(cfg.out, captions, vocabulary(data), seed=cfg.seed, say=say)
     tasks = [Task(name, data[name]["train"], data[name]["test"], images=str(cfg.out / "tasks")) for name in cfg.tasks]
     results = {}
     for method in ("adaptinf", *(m for m in cfg.compare if m != "sequential")):
@@ -158,7 +165,9 @@ def compare(results: dict[str, dict], cfg: DemoConfig) -> dict:
         a = np.array(res["accuracy"])
         row = {"trained_samples": res["trained_samples"], "final_pool": res["final_pool"], **res["metrics"],
                "seconds": res["seconds"], "accuracy": res["accuracy"]}
-        row["relative_gain"] = {b: relative_gain(a, np.array(results[b]["accuracy"])) for b in results if b != method}
+        # against every other run whose final scores are not all 0 (a gain over nothing is undefined)
+        row["relative_gain"] = {b: relative_gain(a, np.array(results[b]["accuracy"])) for b in results
+                                if b != method and np.any(np.array(results[b]["accuracy"])[-1] > 0)}
         runs[method] = row
     first = next(iter(results.values()))
     return {"config": cfg.model_dump(mode="json"),

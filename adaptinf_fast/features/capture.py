@@ -28,7 +28,8 @@ class Capture:
     def active(self):
         handles = []
         for i, t in enumerate(self.targets):
-            handles.append(t.lora_a.register_forward_hook(self._hook(2 * i)))
+            # first among A's hooks: A's own output, before a mixing hook (lifelong/experts.py) replaces it
+            handles.append(t.lora_a.register_forward_hook(self._hook(2 * i), prepend=True))
             handles.append(t.lora_b.register_forward_hook(self._hook(2 * i + 1)))
         try:
             yield self

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -91,6 +91,7 @@ class GradientFeaturizer:
         if isinstance(project_samples, bool) or not isinstance(project_samples, int) or project_samples < 1:
             raise ValueError(f"project_samples is {project_samples!r}; expected a positive int")
         self.project_samples, self.project_memory = project_samples, project_memory
+        self._routing = None  # (before_batch, the batch's items) while extract runs a batch
         self.model, self.out_dim, self.seed, self.mode, self.kind = model, out_dim, seed, mode, kind
         self.normalize, self.scores, self.backend = normalize, tuple(scores), backend
         self.targets = find_lora_targets(model, layers)
@@ -257,6 +258,9 @@ class GradientFeaturizer:
             ig[has_image] = ppl_without[has_image] / ppl_with[has_image]
             return ig
         rows = has_image.nonzero().flatten().tolist()
+        routing = self._routing
+        if routing is not None:  # the same samples' input-dependent state, for these rows only
+            routing[0]([routing[1][r] for r in rows])
         stripped = []
         for r in rows:
             keep = (ids[r] != image_id) & attn[r].bool()
@@ -270,7 +274,8 @@ class GradientFeaturizer:
 
     # -- a whole pool --------------------------------------------------------------------------
     def _batches(self, data: Any, batch_size: int, skip: set[int], shard_batches: int) -> Iterator:
-        """(shard index, ids, batch or None, skipped [(id, reason)]) for every batch not in a skipped shard."""
+        """(shard index, ids, batch or None, skipped [(id, reason)], the batch's items or None) for
+        every batch not in a skipped shard."""
         if isinstance(data, torch.utils.data.DataLoader):
             offset = 0
             for k, batch in enumerate(data):
@@ -278,32 +283,39 @@ class GradientFeaturizer:
                 ids = list(batch["ids"]) if "ids" in batch else list(range(offset, offset + n))
                 offset += n
                 if k // shard_batches not in skip:
-                    yield k // shard_batches, ids, batch, []
+                    yield k // shard_batches, ids, batch, [], None
             return
         n = len(data)
         for k, start in enumerate(range(0, n, batch_size)):
             if k // shard_batches in skip:
                 continue
-            pairs = []
-            for i in range(start, min(n, start + batch_size)):
-                item = data[i]
-                pairs.append((item.get("id", i) if isinstance(item, dict) else i, item))
+            items = [data[i] for i in range(start, min(n, start + batch_size))]
+            names = [item.get("id", start + j) if isinstance(item, dict) else start + j for j, item in enumerate(items)]
             skipped: list[tuple[Any, str]] = []
-            ids, encoded = encode_many(pairs, self.encoder, lambda i, why: skipped.append((i, why)))
-            yield k // shard_batches, ids, (collate(encoded, self.encoder.pad_token_id) if encoded else None), skipped
+            # encoded by position, so the kept items stay known (ids need not be unique)
+            kept, encoded = encode_many(list(enumerate(items)), self.encoder,
+                                        lambda j, why: skipped.append((names[j], why)))
+            batch = collate(encoded, self.encoder.pad_token_id) if encoded else None
+            yield k // shard_batches, [names[j] for j in kept], batch, skipped, [items[j] for j in kept]
 
     def extract(self, data: Any, batch_size: int = 8, *, out_dir: str | Path | None = None, shard_size: int = 4096,
-                disk_dtype: str = "float16", progress: bool = True) -> FeatureSet:
+                disk_dtype: str = "float16", progress: bool = True,
+                before_batch: Callable[[list], None] | None = None) -> FeatureSet:
         """Features and scores for every item of ``data`` (a ``datasets.Dataset`` or any sequence of
         row dicts / LLaVA records, or a DataLoader of batches), in data order.
 
         With ``out_dir``, results are written in shards of ``shard_size`` samples (features as
         ``disk_dtype``) and finished shards are not recomputed when the call is repeated after an
         interruption. Under ``torch.distributed`` each rank computes every world_size-th shard and
-        the result, on every rank, is in data order.
+        the result, on every rank, is in data order. ``before_batch(items)`` is called with each
+        batch's items (those that encoded, in row order) before its forward, and again with the
+        rows of the image-grounding pass (the samples with an image) before that one: a model whose
+        layers depend on the input (a routed mixture of experts, ``lifelong/experts.py``) is set there.
         """
         if batch_size < 1 or shard_size < 1:
             raise ValueError("batch_size and shard_size must be >= 1")
+        if before_batch is not None and isinstance(data, torch.utils.data.DataLoader):
+            raise ValueError("before_batch needs the items of each batch: pass a sequence of records, not a DataLoader")
         dist = _dist()
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
         shard_batches = max(1, math.ceil(shard_size / batch_size))
@@ -351,7 +363,7 @@ class GradientFeaturizer:
             buffered.clear()
 
         current, entry = None, None
-        for s, ids, batch, skipped in self._batches(data, batch_size, skip, shard_batches):
+        for s, ids, batch, skipped, items in self._batches(data, batch_size, skip, shard_batches):
             if s != current:
                 if current is not None:
                     flush()
@@ -359,6 +371,9 @@ class GradientFeaturizer:
                 current, entry = s, [[], [], {}, []]
             entry[3].extend(skipped)
             if batch is not None:
+                self._routing = (before_batch, items) if before_batch is not None else None
+                if before_batch is not None:
+                    before_batch(items)
                 b = batch["input_ids"].shape[0]
                 if not decided:
                     buffer, decided = self._buffer(b), True
@@ -380,6 +395,7 @@ class GradientFeaturizer:
             flush()
             finish(current, entry)
         bar.close()
+        self._routing = None
         for s in todo:  # shards with no batch at all (empty data)
             if out_path is None and s not in shards:
                 shards[s] = self._shard([[], [], {}, []])

@@ -131,7 +131,9 @@ class LoraSettings(Strict):
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: Any = None  # default: the language model's attention and MLP projections
 
-    def peft_config(self, model):
+    def peft_config(self, model, experts: int = 1):
+        """PEFT's LoraConfig; with ``experts`` E, one adapter of rank E·r read as E experts of rank r
+        (``lifelong/experts.py``), alpha scaled alike so each expert keeps the scale alpha / r."""
         from peft import LoraConfig
 
         from .models import LLM_PROJECTIONS
@@ -141,8 +143,8 @@ class LoraSettings(Strict):
             is_llava = getattr(model.config, "model_type", "") == "llava"
             names = "|".join(LLM_PROJECTIONS)
             targets = rf".*language_model.*\.({names})" if is_llava else list(LLM_PROJECTIONS)
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
-                          task_type=None)
+        return LoraConfig(r=self.r * experts, lora_alpha=self.alpha * experts, lora_dropout=self.dropout,
+                          target_modules=targets, task_type=None)
 
 
 class TrainConfig(Strict):
@@ -190,19 +192,45 @@ class ModelSettings(Strict):
 
 
 class MergeSettings(Strict):
-    """``strategy: merge:*`` (lifelong/strategies.py): TIES keeps ``density`` of each task's update
-    entries and scales the merged update by ``lam``."""
+    """``strategy: merge:*`` (lifelong/strategies/merge.py). TIES keeps ``density`` of each task's
+    update entries; CoPA keeps ``keep`` of each A and B by magnitude and lets the top ``clamp``
+    share of each task's scaling coefficients stay distinct; ``lam`` scales the merge (default:
+    1.0 for TIES, 2.0 for CoPA, the official codes' values)."""
 
     density: float = Field(0.2, gt=0, le=1)
-    lam: float = Field(1.0, gt=0)
+    lam: Optional[float] = Field(None, gt=0)
+    keep: float = Field(0.2, gt=0, le=1)
+    clamp: float = Field(0.2, ge=0, le=1)
 
 
 class HideSettings(Strict):
-    """``strategy: hide``: layers whose CKA (new task vs previous task, on ``probe`` training prompts)
-    is below ``cka_threshold`` at the top of the model keep one adapter per task."""
+    """``strategy: hide`` (lifelong/strategies/hide.py): one LoRA of ``experts`` × lora.r ranks, one
+    expert per task (default: as many as the run has tasks); ``specific_layers`` (decoder-layer
+    indices, negative from the last) mix the experts by the router's weights, every other layer
+    sums them. ``init_std``: each expert's A ~ N(0, init_std), B = 0. ``probe``: training prompts of
+    the stage's task for the CKA report (hidden states with the new expert against the previous)."""
 
-    cka_threshold: float = Field(0.9, ge=0, le=1)
+    experts: Optional[int] = Field(None, ge=1)
+    specific_layers: list[int] = Field(default_factory=lambda: [-1])
+    init_std: float = Field(0.01, gt=0)
     probe: int = Field(32, ge=2)
+
+
+class RouterSettings(Strict):
+    """The task router (lifelong/routing.py): features from the CLIP model folder ``clip`` (None:
+    the model's own), compared over ``modalities``, softmax at ``temperature``."""
+
+    clip: Optional[str] = None
+    temperature: float = Field(0.1, gt=0)
+    modalities: list[Literal["image", "text"]] = Field(default_factory=lambda: ["image", "text"])
+
+    @model_validator(mode="after")
+    def _clip(self):
+        if self.clip is not None and not (Path(self.clip) / "config.json").exists():
+            raise ValueError(f"router.clip is {self.clip!r}; expected a local CLIP model folder with a config.json")
+        if not self.modalities:
+            raise ValueError("router.modalities must name image, text or both")
+        return self
 
 
 class RunConfig(Strict):
@@ -217,6 +245,7 @@ class RunConfig(Strict):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     merge: MergeSettings = Field(default_factory=MergeSettings)
     hide: HideSettings = Field(default_factory=HideSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
 
     @model_validator(mode="after")
     def _scorer(self):
@@ -226,6 +255,9 @@ class RunConfig(Strict):
         if self.eval.scorer not in SCORERS:
             raise ValueError(f"eval.scorer is {self.eval.scorer!r}; expected one of {sorted(SCORERS)}")
         check(self.strategy)
+        if self.strategy == "hide" and self.train.weight_decay > 0:
+            raise ValueError("strategy hide trains one expert of a shared adapter per stage: weight decay would "
+                             "shrink the other experts (HiDe-LLaVA trains with none); set train.weight_decay to 0")
         return self
 
     def stage_config(self, t: int, source: str, data: Path | str | None, overrides: dict | None = None) -> StageConfig:

@@ -77,12 +77,14 @@ def greedy_answers(model, encoder: Encoder, records: Sequence[dict], max_new_tok
 
 
 def evaluate(model, encoder: Encoder, records: Sequence[dict], scorer: str | Callable[[str, str], float] = "exact_match",
-             max_new_tokens: int = 8, *, batch_size: int = 16, progress: bool = False, desc: str = "evaluate") -> dict:
+             max_new_tokens: int = 8, *, batch_size: int = 16, progress: bool = False, desc: str = "evaluate",
+             before_batch: Callable[[Sequence[dict]], None] | None = None) -> dict:
     """Mean score over ``records`` and the individual answers [(prediction, reference)], in order.
 
     Greedy answers, ``batch_size`` prompts per left-padded ``generate`` (the same answers as one by
     one, up to float rounding of padded attention). Under ``torch.distributed`` each rank answers
-    every world_size-th batch and every rank returns all answers."""
+    every world_size-th batch and every rank returns all answers. ``before_batch(records)`` runs
+    before each batch's ``generate`` (e.g. to set a routed mixture of experts for its rows)."""
     import torch.distributed as dist
 
     fn = SCORERS[scorer] if isinstance(scorer, str) else scorer
@@ -95,6 +97,8 @@ def evaluate(model, encoder: Encoder, records: Sequence[dict], scorer: str | Cal
     answers: dict[int, list] = {}
     try:
         for b0 in progress_bar(mine, desc=desc, unit="batch", progress=progress and rank == 0, leave=False):
+            if before_batch is not None:
+                before_batch(records[b0 : b0 + batch_size])
             answers[b0] = greedy_answers(model, encoder, records[b0 : b0 + batch_size], max_new_tokens)
     finally:
         model.train(was_training)
@@ -108,14 +112,16 @@ def evaluate(model, encoder: Encoder, records: Sequence[dict], scorer: str | Cal
 
 
 def evaluate_tasks(model, encoder: Encoder, tests: dict[str, Sequence[dict]], settings, *, progress: bool = False,
-                   desc: str = "", evaluate_fn: Callable | None = None) -> dict:
+                   desc: str = "", evaluate_fn: Callable | None = None,
+                   before_batch: Callable[[Sequence[dict]], None] | None = None) -> dict:
     """``evaluate`` (or ``evaluate_fn``, the caller's binding of it) on every task's test records
     with the run's ``eval`` settings (``EvalSettings``): {"scores": {task: score}, "examples":
     {task: first 5 answers}}."""
     out: dict = {"scores": {}, "examples": {}}
     for name, recs in tests.items():
-        res = (evaluate_fn or evaluate)(model, encoder, recs, settings.scorer, settings.max_new_tokens, batch_size=settings.batch_size,
-                       progress=progress, desc=f"{desc}evaluate {name}")
+        res = (evaluate_fn or evaluate)(model, encoder, recs, settings.scorer, settings.max_new_tokens,
+                                        batch_size=settings.batch_size, progress=progress, desc=f"{desc}evaluate {name}",
+                                        before_batch=before_batch)
         out["scores"][name] = res["score"]
         out["examples"][name] = res["answers"][:5]
     return out

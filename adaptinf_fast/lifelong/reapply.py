@@ -18,6 +18,7 @@ import numpy as np
 
 from .._io import read_jsonl, write_json
 from . import strategies
+from .strategies.merge import merge_adapters
 from .config import RunConfig
 from .evaluate import evaluate_tasks
 from .metrics import save_matrix
@@ -26,8 +27,8 @@ from .steps import StageDir
 
 
 def reapply_merge(run_dir: str | Path, method: str, load_base: Callable[[], tuple] | None = None, *,
-                  density: float = 0.2, lam: float = 1.0, out: str | Path | None = None, progress: bool = True,
-                  say: Callable[[str], None] = print) -> dict:
+                  density: float = 0.2, lam: float | None = None, keep: float = 0.2, clamp: float = 0.2,
+                  out: str | Path | None = None, progress: bool = True, say: Callable[[str], None] = print) -> dict:
     """Merge every prefix of the run's task adapters with ``method`` and evaluate it; returns (and
     writes as ``summary.json``) the accuracy matrix and metrics. ``load_base``: default, the model
     recorded in the run's ``run.json``."""
@@ -40,7 +41,8 @@ def reapply_merge(run_dir: str | Path, method: str, load_base: Callable[[], tupl
     run_dir = Path(run_dir)
     strategy = strategies.check(f"merge:{method}")
     doc = json.loads((run_dir / "run.json").read_text())
-    cfg = RunConfig.model_validate({**doc["config"], "strategy": strategy, "merge": {"density": density, "lam": lam}})
+    cfg = RunConfig.model_validate({**doc["config"], "strategy": strategy,
+                                    "merge": {"density": density, "lam": lam, "keep": keep, "clamp": clamp}})
     names = [t["name"] for t in doc["tasks"]]
     missing = [n for n in names if not (run_dir / "data" / f"{n}-test.jsonl").exists()]
     if missing:
@@ -65,8 +67,7 @@ def reapply_merge(run_dir: str | Path, method: str, load_base: Callable[[], tupl
     adapters = []
     for t in range(1, len(names) + 1):
         adapters.append(load_peft_weights(str(StageDir(pool, t).adapter)))
-        set_peft_model_state_dict(model, strategies.merged(adapters, strategy, scale, density, lam,
-                                                           next(model.parameters()).device))
+        set_peft_model_state_dict(model, merge_adapters(adapters, method, cfg.merge, scale, next(model.parameters()).device))
         scores = evaluate_tasks(model, encoder, tests, cfg.eval, progress=progress, desc=f"stage {t}: ")["scores"]
         row = [scores[n] for n in names]
         rows.append(row)
@@ -79,6 +80,6 @@ def reapply_merge(run_dir: str | Path, method: str, load_base: Callable[[], tupl
 
     summary = {"strategy": strategy, "source": str(run_dir), "tasks": names, "accuracy": a.tolist(),
                "metrics": matrix["metrics"], "chance": {n: chance_level(tests[n]) for n in names},
-               "merge": {"density": density, "lam": lam}}
+               "merge": cfg.merge.model_dump()}
     write_json(target / "summary.json", summary)
     return summary

@@ -89,12 +89,6 @@ def chance_level(records: Sequence[dict]) -> float:
     return max(answers.values()) / len(records) if records else float("nan")
 
 
-def chance_level(records: Sequence[dict]) -> float:
-    """Accuracy of the best constant answer on ``records`` (the majority answer's share)."""
-    answers = Counter(normalize_answer(r["conversations"][-1]["value"]) for r in records)
-    return max(answers.values()) / len(records) if records else float("nan")
-
-
 def _init_distributed():
     """The process group of a ``torchrun``/``accelerate launch`` job (gloo on CPU), or None."""
     import torch.distributed as dist
@@ -132,6 +126,7 @@ class LifelongRun:
         for t, task in enumerate(self.tasks, 1):  # every stage's settings checked before any work
             cfg.stage_config(t, task.name, None, task.overrides)
         self.dist, self.rank, self.image_processor = None, 0, None
+        self.strategy, self.pool = None, None  # set by run()
 
     # -- set-up ------------------------------------------------------------------------------------
     def _prepare(self) -> dict[str, list[dict]]:
@@ -155,7 +150,7 @@ class LifelongRun:
                     write_jsonl(path, _records(task.train, task.images, f"task {task.name!r} train"))
                 if not self.test_file(task.name).exists():  # a strategy re-applied later evaluates on them
                     write_jsonl(self.test_file(task.name), tests[task.name])
-        self._barrier()
+        self.barrier()
         return tests
 
     def _train_file(self, task: Task) -> Path:
@@ -164,7 +159,7 @@ class LifelongRun:
     def test_file(self, name: str) -> Path:
         return self.out / "data" / f"{name}-test.jsonl"
 
-    def _barrier(self) -> None:
+    def barrier(self) -> None:
         if self.dist:
             self.dist.barrier()
 
@@ -180,15 +175,15 @@ class LifelongRun:
             model = PeftModel.from_pretrained(base, str(self.adapter), is_trainable=True)
         else:
             torch.manual_seed(self.cfg.seed)  # the initial adapter is a function of the seed
-            model = get_peft_model(base, self.cfg.lora.peft_config(base))
+            model = get_peft_model(base, self.cfg.lora.peft_config(base, experts=self.strategy.experts))
         return model, tokenizer
 
     def _save_adapter(self, model, sd: StageDir) -> None:
         if self.rank == 0:
             atomic_dir(sd.adapter, model.save_pretrained)  # the rename marks the adapter complete
-        self._barrier()
+        self.barrier()
 
-    def _load_state(self, model, state: dict, source: Path) -> None:
+    def load_state(self, model, state: dict, source: Path) -> None:
         from peft.utils import set_peft_model_state_dict
 
         result = set_peft_model_state_dict(model, state)
@@ -196,99 +191,24 @@ class LifelongRun:
         if missing:
             raise RuntimeError(f"{source} does not match the model: {len(missing)} LoRA weights missing")
 
-    def _load_adapter(self, model, sd: StageDir) -> None:
+    def load_adapter(self, model, sd: StageDir) -> None:
         from peft.utils import load_peft_weights
 
-        self._load_state(model, load_peft_weights(str(sd.adapter)), sd.adapter)
+        self.load_state(model, load_peft_weights(str(sd.adapter)), sd.adapter)
 
-    def _task_adapters(self, sd: StageDir) -> list[dict]:
+    def task_adapters(self, sd: StageDir) -> list[dict]:
         from peft.utils import load_peft_weights
 
         return [load_peft_weights(str(StageDir(sd.pool, i).adapter)) for i in range(1, sd.t + 1)]
 
-    def _load_model_after(self, model, sd: StageDir) -> None:
-        """The model a strategy has after stage ``sd.t``: its deployed adapter, else the stage's own."""
-        if sd.deployed.exists():
-            from peft.utils import load_peft_weights
-
-            self._load_state(model, load_peft_weights(str(sd.deployed)), sd.deployed)
-        else:
-            self._load_adapter(model, sd)
-
-    def _scale(self, model) -> float:
+    def scale(self, model) -> float:
         cfg = model.peft_config["default"]
         return cfg.lora_alpha / cfg.r
 
-    def _records_of(self, sd: StageDir, limit: int) -> list[dict]:
-        """The first ``limit`` training records of stage ``sd.t``'s own task (HiDe's probes and
-        prototypes; the stage's selection also holds earlier tasks' records from the pool)."""
-        return read_jsonl(self._train_file(self.tasks[sd.t - 1]))[:limit]
-
-    def _deploy(self, model, encoder: Encoder, sd: StageDir) -> None:
-        """Build the strategy's model after stage ``sd.t`` from the task adapters 1..t (deterministic,
-        so a resumed run rebuilds the same one): ``deployed/`` and, for HiDe, ``hide.json``."""
-        c = self.cfg
-        if sd.deployed.exists() and (c.strategy != "hide" or sd.hide_json.exists()):
-            return
-        adapters, scale, device = self._task_adapters(sd), self._scale(model), next(model.parameters()).device
-        if c.strategy.startswith("merge:"):
-            state = strategies.merged(adapters, c.strategy, scale, c.merge.density, c.merge.lam, device)
-            info: dict[str, Any] = {}
-        else:
-            layers = 1 + max(strategies.layer_of(k) or 0 for k in adapters[-1])
-            probe = self._records_of(sd, c.hide.probe)
-            if sd.t == 1:
-                cka, split = [], layers - 1
-            else:
-                self._load_adapter(model, sd)
-                new = strategies.layer_means(model, encoder, probe)
-                self._load_adapter(model, StageDir(sd.pool, sd.t - 1))
-                old = strategies.layer_means(model, encoder, probe)
-                cka = strategies.layer_cka(new, old)
-                split = strategies.hide_split(cka, c.hide.cka_threshold)
-            state = strategies.hide_compose(adapters, split, scale, device)
-            prototype = strategies.prompt_features(model, encoder, probe).mean(0)
-            info = {"split": split, "layers": layers, "cka": [round(v, 4) for v in cka]}
-            if self.rank == 0:
-                torch.save(prototype, sd.prototype_pt)
-        self._load_state(model, state, sd.deployed)
-        if self.rank == 0:
-            atomic_dir(sd.deployed, model.save_pretrained)
-            if c.strategy == "hide":
-                write_json(sd.hide_json, info)
-        self._barrier()
-
-    def _evaluate_routed(self, model, encoder: Encoder, sd: StageDir, tests: dict) -> dict:
-        """HiDe's inference: every test prompt goes to the nearest task prototype, and is answered
-        with the fused lower layers plus that task's top layers."""
-        from peft.utils import load_peft_weights
-
-        c = self.cfg
-        split = json.loads(sd.hide_json.read_text())["split"]
-        fused = load_peft_weights(str(sd.deployed))  # the fused lower layers, as _deploy saved them
-        experts = [{k: a[k] for k in strategies.top_keys(a, split)} for a in self._task_adapters(sd)]
-        prototypes = torch.stack([torch.load(StageDir(sd.pool, i).prototype_pt) for i in range(1, sd.t + 1)])
-        names = list(tests)
-        flat = [(name, i, r) for name in names for i, r in enumerate(tests[name])]
-        routed = strategies.route(strategies.prompt_features(model, encoder, [r for _, _, r in flat]), prototypes)
-        fn = SCORERS[c.eval.scorer]
-        scores: dict[str, list] = {name: [0.0] * len(tests[name]) for name in names}
-        answers: dict[str, list] = {name: [None] * len(tests[name]) for name in names}
-        for e in sorted(set(routed.tolist())):
-            group = [flat[j] for j in range(len(flat)) if routed[j] == e]
-            self._load_state(model, {**fused, **experts[e]}, sd.deployed)
-            res = evaluate(model, encoder, [r for _, _, r in group], c.eval.scorer, c.eval.max_new_tokens,
-                           batch_size=c.eval.batch_size, progress=self.progress, desc=f"evaluate (expert {e + 1})")
-            for (name, i, _), (pred, ref) in zip(group, res["answers"]):
-                scores[name][i] = fn(pred, ref)
-                answers[name][i] = (pred, ref)
-        own = {name: t for t, name in enumerate(names)}
-        routing = {}
-        for name in names[: sd.t]:  # tasks seen so far: routed to their own expert?
-            picks = [int(routed[j]) for j, (n, _, _) in enumerate(flat) if n == name]
-            routing[name] = sum(p == own[name] for p in picks) / len(picks) if picks else float("nan")
-        return {"scores": {n: sum(v) / len(v) if v else float("nan") for n, v in scores.items()},
-                "examples": {n: a[:5] for n, a in answers.items()}, "routing": routing}
+    def task_records(self, t: int) -> list[dict]:
+        """The training records of stage ``t``'s own task (a strategy's anchors and probes; the
+        stage's selection also holds earlier tasks' records from the pool)."""
+        return read_jsonl(self._train_file(self.tasks[t - 1]))
 
     # -- what the model-side steps do ----------------------------------------------------------------
     def _context(self, pool: PoolStore, model, tokenizer, encoder: Encoder, tests: dict) -> Context:
@@ -297,24 +217,25 @@ class LifelongRun:
         c = self.cfg
 
         def featurize(sd: StageDir, records: list) -> Any:
-            self._load_model_after(model, StageDir(pool, sd.t - 1))  # the model after the previous stage
+            route = self.strategy.use(model, StageDir(pool, sd.t - 1))  # the model after the previous stage
             cfg = self.stage_configs[sd.t - 1]
             fz = GradientFeaturizer(model, layers=cfg.layers, out_dim=cfg.out_dim, seed=c.seed, scores=cfg.scores,
                                     tokenizer=tokenizer, max_length=cfg.max_length, rules=cfg.rules,
                                     image_processor=self.image_processor)
-            return fz.extract(records, batch_size=cfg.batch_size, out_dir=sd.shards, progress=self.progress)
+            return fz.extract(records, batch_size=cfg.batch_size, out_dir=sd.shards, progress=self.progress,
+                              before_batch=route)
 
         def train(sd: StageDir, cfg: StageConfig) -> dict:
-            # sequential: carry the last stage's adapter on; merging / HiDe: a task adapter from the initial one
-            self._load_adapter(model, StageDir(pool, 0 if strategies.trains_from_initial(c.strategy) else sd.t - 1))
+            self.load_adapter(model, StageDir(pool, self.strategy.train_from(sd.t)))
             skipped: list = []
             _, items = encode_many([(r["id"], r) for r in pool.records(sd.selection())], encoder,
                                    lambda i, why: skipped.append((i, why)))
             for item_id, why in skipped:
                 log.warning("train: skipped %r: %s", item_id, why)
             tc = c.train.model_copy(update={"seed": c.train.seed + sd.t, "pad_token_id": encoder.pad_token_id})
-            res = train_lora(model, items, tc, ckpt_dir=sd.train_ckpt, progress=self.progress,
-                             log_dir=self.out / "logs" / f"stage-{sd.t:03d}")
+            with self.strategy.training(sd.t):
+                res = train_lora(model, items, tc, ckpt_dir=sd.train_ckpt, progress=self.progress,
+                                 log_dir=self.out / "logs" / f"stage-{sd.t:03d}")
             self._save_adapter(model, sd)
             return {"samples": len(items), "skipped": len(skipped), "steps": res["steps"],
                     "final_loss": round(res["losses"][-1], 4) if res["losses"] else None}
@@ -322,13 +243,12 @@ class LifelongRun:
         def evaluate_step(sd: StageDir, cfg: StageConfig | None = None) -> dict:
             t0 = time.perf_counter()
             doc: dict[str, Any] = {"stage": sd.t, "strategy": c.strategy, "scores": {}, "examples": {}}
-            if sd.t > 0 and c.strategy != "sequential":
-                self._deploy(model, encoder, sd)
-            if sd.t > 0 and c.strategy == "hide":
-                doc.update(self._evaluate_routed(model, encoder, sd, tests))
-            else:
-                self._load_model_after(model, sd)
-                doc.update(evaluate_tasks(model, encoder, tests, c.eval, progress=self.progress, evaluate_fn=evaluate))
+            if sd.t > 0:
+                self.strategy.deploy(model, encoder, sd)
+            route = self.strategy.use(model, sd)
+            doc.update(evaluate_tasks(model, encoder, tests, c.eval, progress=self.progress, evaluate_fn=evaluate,
+                                      before_batch=route))
+            doc.update(self.strategy.report(sd, tests))
             doc["seconds"] = round(time.perf_counter() - t0, 3)
             if self.rank == 0:
                 write_json(sd.eval_json, doc)
@@ -349,7 +269,7 @@ class LifelongRun:
             if self.rank == 0:
                 sd.set_record("evaluate", info)
                 ctx.pool.commit(0, "evaluate")
-        self._barrier()
+        self.barrier()
         if self.rank != 0:
             ctx.pool.reload()
 
@@ -364,13 +284,15 @@ class LifelongRun:
             tests = self._prepare()
             self.stage_configs = [self.cfg.stage_config(t, task.name, self._train_file(task), task.overrides)
                                   for t, task in enumerate(self.tasks, 1)]
+            self.strategy = strategies.get(self.cfg.strategy)(self, self.cfg.strategy)
             model, tokenizer = self._model()
             encoder = Encoder.for_model(model, tokenizer, max_length=self.cfg.features.max_length,
                                         image_processor=self.image_processor)
             if self.rank == 0:
                 PoolStore(self.out / "pool", create=True)
-            self._barrier()
-            pool = PoolStore(self.out / "pool")
+            self.barrier()
+            pool = self.pool = PoolStore(self.out / "pool")
+            self.strategy.setup(model, encoder, fresh=self.adapter is None)
             ctx = self._context(pool, model, tokenizer, encoder, tests)
             self._initial(ctx, model)
             stages = []

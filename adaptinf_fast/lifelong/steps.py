@@ -50,8 +50,9 @@ class StageDir:
         self.labels_npy, self.centroids_npy = p / "labels.npy", p / "centroids.npy"
         self.selection_json, self.prune_json = p / "selection.json", p / "prune.json"
         self.adapter, self.train_ckpt, self.eval_json = p / "adapter", p / "train-ckpt", p / "eval.json"
-        # strategies other than sequential: the model after this stage, and HiDe's split and prototype
-        self.deployed, self.hide_json, self.prototype_pt = p / "deployed", p / "hide.json", p / "prototype.pt"
+        # merges: the merged model after this stage; routed strategies: the router's task anchors
+        # after it and HiDe's report (experts, specific layers, CKA)
+        self.deployed, self.router_pt, self.hide_json = p / "deployed", p / "router.pt", p / "hide.json"
         self.record_json, self.timings_json = p / "record.json", p / "timings.json"
 
     def features(self) -> FeatureSet:

@@ -2,9 +2,10 @@
 
 ``merge_lora`` takes PEFT adapter state dicts (``lora_A`` / ``lora_B`` weights of the same layers)
 and returns one merged state dict of the same keys and rank. Layers of one shape are processed as a
-batch — their updates, trims, signs and SVDs as stacked tensors on the adapters' device — so on a
-GPU a model's few hundred LoRA layers cost a handful of batched kernels rather than one SVD each.
-Equals the per-layer reference up to float32 rounding (tested).
+batch — their updates, trims, signs and SVDs (average, TIES) or their pruning thresholds, scaling
+coefficients and sums (CoPA) as stacked tensors on the adapters' device — so on a GPU a model's
+few hundred LoRA layers cost a handful of batched kernels rather than one call each. Equals the
+per-layer reference up to float32 rounding (tested).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import defaultdict
 import torch
 
 from . import reference
-from .reference import METHODS
+from .reference import DEFAULT_LAM, METHODS
 
 
 def lora_pairs(state: dict[str, torch.Tensor]) -> dict[str, tuple[str, str]]:
@@ -44,18 +45,50 @@ def _ties(deltas: torch.Tensor, density: float, lam: float) -> torch.Tensor:
     return merged.reshape(n_layers, *deltas.shape[2:])
 
 
+def _prune(w: torch.Tensor, keep: float) -> torch.Tensor:
+    """``reference.prune`` of every matrix of a stack (..., m, n), each by its own threshold."""
+    flat = w.abs().flatten(-2)
+    k = max(1, int(flat.shape[-1] * (1 - keep)))
+    thresh = flat.kthvalue(k, dim=-1).values[..., None, None]
+    return torch.where(w.abs() >= thresh, w, torch.zeros((), device=w.device))
+
+
+def _copa(b: torch.Tensor, a: torch.Tensor, keep: float, clamp: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reference.copa_layer`` for a stack of layers: B (L, T, out, r), A (L, T, r, in) -> B*, A*."""
+    a_hat, b_hat = _prune(a, keep), _prune(b, keep)
+    full, kept = a.abs().sum(-1), a_hat.abs().sum(-1)  # (L, T, r)
+    s = torch.where(full == 0, torch.ones_like(full), full / kept.clamp_min(1e-30))
+    emptied = (kept == 0) & (full > 0)
+    if emptied.any():  # the task's largest finite coefficient (reference.coefficients)
+        top = torch.where(emptied, torch.zeros_like(s), s).amax(-1, keepdim=True)
+        s = torch.where(emptied, top.clamp_min(1.0), s)
+    r = s.shape[-1]
+    at = min(int(r * (1 - clamp)), r - 1)
+    s = torch.maximum(s, s.sort(dim=-1).values[..., at : at + 1])
+    a_star = lam * a_hat.sum(1)
+    b_star = lam * (s[:, :, None, :] * b_hat).sum(1) / s.sum(1)[:, None, :]
+    return b_star, a_star
+
+
 def merge_lora(adapters: list[dict[str, torch.Tensor]], scale: float, method: str = "average", *,
-               density: float = 0.2, lam: float = 1.0) -> dict[str, torch.Tensor]:
+               density: float = 0.2, lam: float | None = None, keep: float = 0.2,
+               clamp: float = 0.2) -> dict[str, torch.Tensor]:
     """Merge T adapters (same layers and rank) into one of the same keys, rank and dtypes.
 
     Args:
         adapters: PEFT state dicts (``get_peft_model_state_dict`` / ``load_peft_weights``).
         scale: the LoRA scale alpha / r of every layer.
-        method: ``"average"`` or ``"ties"`` (``density``: fraction of entries each task keeps; ``lam``:
-            the merged update's scale).
+        method: ``"average"``, ``"ties"`` (``density``: fraction of entries each task keeps) or
+            ``"copa"`` (``keep``: fraction of each A and B kept by magnitude; ``clamp``: the share
+            of each task's largest scaling coefficients that stay distinct).
+        lam: the merged update's scale (TIES) or CoPA's fuse weight; default 1.0, CoPA 2.0.
+
+    Weights that are not LoRA pairs (e.g. a trained projector) are averaged over the tasks for
+    CoPA, as its official code does, and taken from adapter 0 otherwise.
     """
     if method not in METHODS:
         raise ValueError(f"merge method {method!r}; expected one of {METHODS}")
+    lam = DEFAULT_LAM[method] if lam is None else lam
     if not adapters:
         raise ValueError("no adapters to merge")
     pairs = lora_pairs(adapters[0])
@@ -63,6 +96,11 @@ def merge_lora(adapters: list[dict[str, torch.Tensor]], scale: float, method: st
         if set(lora_pairs(a)) != set(pairs):
             raise ValueError(f"adapter {i} has other LoRA layers than adapter 0")
     merged = {k: v.clone() for k, v in adapters[0].items()}
+    if method == "copa":
+        lora_keys = {k for pair in pairs.values() for k in pair}
+        for k in merged:
+            if k not in lora_keys:
+                merged[k] = torch.stack([a[k].float() for a in adapters]).mean(0).to(merged[k].dtype)
     groups: dict[tuple, list[str]] = defaultdict(list)
     for prefix, (bk, ak) in pairs.items():
         groups[(tuple(adapters[0][bk].shape), tuple(adapters[0][ak].shape))].append(prefix)
@@ -70,6 +108,13 @@ def merge_lora(adapters: list[dict[str, torch.Tensor]], scale: float, method: st
         rank = b_shape[1]
         b = torch.stack([torch.stack([a[pairs[p][0]].float() for a in adapters]) for p in prefixes])  # (L, T, out, r)
         a_ = torch.stack([torch.stack([a[pairs[p][1]].float() for a in adapters]) for p in prefixes])  # (L, T, r, in)
+        if method == "copa":  # A and B merged separately, at the tasks' rank
+            new_b, new_a = _copa(b, a_, keep, clamp, lam)
+            for i, p in enumerate(prefixes):
+                bk, ak = pairs[p]
+                merged[bk] = new_b[i].to(adapters[0][bk].dtype)
+                merged[ak] = new_a[i].to(adapters[0][ak].dtype)
+            continue
         deltas = scale * b @ a_  # (L, T, out, in)
         delta = _ties(deltas, density, lam) if method == "ties" else deltas.mean(1)
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)  # batched over the layers
@@ -93,4 +138,4 @@ def delta_of(state: dict[str, torch.Tensor], prefix: str, scale: float) -> torch
     return scale * state[bk].float() @ state[ak].float()
 
 
-__all__ = ["METHODS", "merge_lora", "lora_pairs", "delta_of", "reference"]
+__all__ = ["METHODS", "DEFAULT_LAM", "merge_lora", "lora_pairs", "delta_of", "reference"]
