@@ -91,7 +91,7 @@ case "$what" in
     # every kernel (Triton and CUDA) and the featurizer on CUDA tensors against the references
     step "kernel tests (_C)" 330 $PY -m pytest -q -p no:cacheprovider tests/test_philox.py tests/test_projection.py \
       tests/test_projection_kernels.py tests/test_linear_grads.py tests/test_kmeans.py tests/test_kmeans_kernels.py \
-      tests/test_dedup.py tests/test_dedup_kernels.py tests/test_features.py tests/test_cuda_pipeline.py
+      tests/test_dedup.py tests/test_dedup_kernels.py tests/test_features.py tests/test_cuda_pipeline.py tests/test_compat_trak.py
     # the same CUDA kernels compiled at first use through CuPy/NVRTC instead of _C
     if $PY -c "import cupy" 2>/dev/null; then
       ADAPTINF_CUDA_JIT=1 step "kernel tests (CuPy/NVRTC JIT)" 200 $PY -m pytest -q -p no:cacheprovider -k cuda \

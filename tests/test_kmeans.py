@@ -187,3 +187,41 @@ def test_faiss_backend_assignment_and_fit(rng):
     data = load_digits().data.astype(np.float32)
     ours, via_faiss = af.KMeans(10, seed=0).fit(data), af.KMeans(10, seed=0, backend="faiss").fit(data)
     assert via_faiss.inertia_ == pytest.approx(ours.inertia_, rel=1e-3)
+
+
+# ---- sample weights --------------------------------------------------------------------------
+
+def test_integer_weights_equal_repeated_samples(rng):
+    from adaptinf_fast.ops.kmeans import KMeans as Core
+
+    x = torch.randn(60, 4, generator=rng)
+    w = torch.randint(0, 4, (60,), generator=rng)
+    w[0] = 2
+    init = x[:3].clone()
+    weighted = Core(3, init=init, max_iter=50, tol=0).fit(x, sample_weight=w.float())
+    repeated = Core(3, init=init, max_iter=50, tol=0).fit(x.repeat_interleave(w, dim=0))
+    torch.testing.assert_close(weighted.cluster_centers_, repeated.cluster_centers_, rtol=1e-5, atol=1e-5)
+    assert weighted.inertia_ == pytest.approx(repeated.inertia_, rel=1e-5)
+
+
+def test_weighted_seeding_never_picks_a_weightless_point(rng):
+    from adaptinf_fast.ops.kmeans import KMeans as Core
+
+    x = torch.randn(40, 3, generator=rng)
+    x[:20] += 50.0  # far away, but weightless
+    w = torch.ones(40)
+    w[:20] = 0
+    for init in ("k-means++", "random"):
+        km = Core(4, init=init, seed=3).fit(x, sample_weight=w)
+        assert (km.cluster_centers_.norm(dim=1) < 20).all(), init  # no centre among the far points
+        assert np.isfinite(km.inertia_)
+
+
+def test_bad_sample_weights_are_refused():
+    from adaptinf_fast.ops.kmeans import KMeans as Core
+
+    x = torch.randn(10, 2)
+    for w, msg in ((torch.ones(9), "9 values for 10"), (-torch.ones(10), "non-negative"),
+                   (torch.zeros(10), "0 everywhere"), (torch.full((10,), float("nan")), "finite")):
+        with pytest.raises(ValueError, match=msg):
+            Core(2).fit(x, sample_weight=w)

@@ -85,6 +85,20 @@ def _check_finite_chunked(x: torch.Tensor, name: str, rows: int = 1 << 18) -> No
         raise ValueError(f"{name} has {bad} row(s) with NaN or Inf (first: {first}); clean them or pass nonfinite='zero'")
 
 
+def _sample_weights(w: Any, n: int) -> torch.Tensor | None:
+    """(N,) float32 weights, checked: finite, >= 0, not all 0; None for None."""
+    if w is None:
+        return None
+    t = torch.as_tensor(np.asarray(w) if not isinstance(w, torch.Tensor) else w).to(torch.float32).flatten()
+    if t.numel() != n:
+        raise ValueError(f"sample_weight has {t.numel()} values for {n} samples")
+    if not torch.isfinite(t).all() or (t < 0).any():
+        raise ValueError("sample_weight must be finite and non-negative")
+    if not (t > 0).any():
+        raise ValueError("sample_weight is 0 everywhere: no sample to cluster")
+    return t
+
+
 class KMeans:
     """Lloyd's k-means with greedy k-means++ seeding; scikit-learn's estimator interface.
 
@@ -148,30 +162,41 @@ class KMeans:
 
     # -- fitting -------------------------------------------------------------------------------
     def _initial_centers(self, data: Data, comm: Comm, generator: torch.Generator) -> torch.Tensor:
-        """The same centres on every rank: seeding runs on a global subsample gathered in one order."""
+        """The same centres on every rank: seeding runs on a global subsample gathered in one order
+        (with sample weights: random centres drawn ∝ weight, k-means++ on the sample's weights)."""
         k = self.n_clusters
         sizes = comm.sizes(data.n)
         n, offset = sum(sizes), sum(sizes[: comm.rank])
         if isinstance(self.init, str):
-            size = k if self.init == "random" else min(n, self.init_size or default_init_size(n, k))
+            weights = None
+            if data.w is not None:  # every rank's weights, in global order
+                weights = torch.zeros(n, dtype=torch.float64, device=data.device)
+                weights[offset : offset + data.n] = data.w.double()
+                comm.sum_(weights)
+            if self.init == "random":
+                idx = (torch.randperm(n, generator=generator)[:k] if weights is None else
+                       torch.multinomial(weights.cpu(), k, replacement=False, generator=generator))
+                return global_rows(data, comm, idx, offset)
+            size = min(n, self.init_size or default_init_size(n, k))
             idx = torch.randperm(n, generator=generator)[:size] if size < n else torch.arange(n)
             sample = global_rows(data, comm, idx, offset)
-            if self.init == "random":
-                return sample
-            return kmeans_plusplus(sample, k, generator, sample.shape[0])
+            return kmeans_plusplus(sample, k, generator, sample.shape[0],
+                                   None if weights is None else weights[idx.to(weights.device)])
         c = _validate.float_matrix(self.init, "init", shape_hint="(K, D)")
         if tuple(c.shape) != (k, data.d):
             raise ValueError(f"init has shape {tuple(c.shape)}; expected ({k}, {data.d})")
         _validate.check_finite(c, "init", "raise")
         return _prepare(c.to(data.device), self.metric)
 
-    def fit(self, x: Any, y: Any = None) -> "KMeans":
+    def fit(self, x: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
         """Fit on (N, D) float data: a torch tensor, a NumPy array or a NumPy memmap.
 
         Data is processed in row chunks on ``device`` (default: the data's device), so a memmap or
         host tensor larger than device memory is streamed. Under an initialised
         ``torch.distributed`` process group each rank passes its own shard; all ranks end with the
         centres a single process would get on the union, and ``labels_`` for their shard.
+        ``sample_weight``: (N,) non-negative weights (default all 1): centroids are weighted means,
+        the inertia a weighted sum, seeding draws ∝ weight.
         """
         as_numpy = isinstance(x, np.ndarray)
         if as_numpy and not isinstance(x, np.memmap):
@@ -189,7 +214,7 @@ class KMeans:
             warnings.warn("explicit init array: n_init is ignored (one run)", RuntimeWarning, stacklevel=2)
         device = torch.device(self.device) if self.device is not None else t.device
         _, impl = resolve("kmeans_assign", self.backend, device)
-        data = Data(t, self.metric, device)
+        data = Data(t, self.metric, device, weights=_sample_weights(sample_weight, t.shape[0]))
         tol = tolerance(data, comm, self.tol)
         generator = torch.Generator().manual_seed(self.seed)
         best: LloydResult | None = None
@@ -227,5 +252,5 @@ class KMeans:
                                   nonfinite=self.nonfinite, backend=self.backend)
         return labels.cpu().numpy() if as_numpy else labels
 
-    def fit_predict(self, x: Any, y: Any = None) -> Any:
-        return self.fit(x).labels_
+    def fit_predict(self, x: Any, y: Any = None, sample_weight: Any = None) -> Any:
+        return self.fit(x, sample_weight=sample_weight).labels_

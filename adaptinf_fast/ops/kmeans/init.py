@@ -19,25 +19,33 @@ def _sqdist(a: torch.Tensor, x: torch.Tensor, x_sqnorm: torch.Tensor) -> torch.T
     return (a.pow(2).sum(1, keepdim=True) - 2.0 * (a @ x.T) + x_sqnorm).clamp_min_(0.0)
 
 
-def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator, init_size: int) -> torch.Tensor:
-    """Greedy k-means++: each step samples 2 + ⌊ln K⌋ candidates ∝ D² and keeps the one that lowers
-    the potential most (Arthur & Vassilvitskii 2007; scikit-learn's variant). float32 (K, D)."""
+def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator, init_size: int,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Greedy k-means++: each step samples 2 + ⌊ln K⌋ candidates ∝ D² (times the sample weight) and
+    keeps the one that lowers the potential Σ w D² most (Arthur & Vassilvitskii 2007; scikit-learn's
+    variant; the first centre ∝ w). float32 (K, D)."""
     n = x.shape[0]
     if init_size < n:
-        x = x[torch.randperm(n, generator=generator)[:init_size].to(x.device)]
+        pick = torch.randperm(n, generator=generator)[:init_size].to(x.device)
+        x, weights = x[pick], None if weights is None else weights[pick]
         n = init_size
     trials = 2 + int(math.log(k))
     x_sqnorm = x.pow(2).sum(1)
+    w = None if weights is None else weights.to(x.device, torch.float64)
     centers = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
-    first = int(torch.randint(n, (1,), generator=generator))
+    if w is None:
+        first = int(torch.randint(n, (1,), generator=generator))
+    else:
+        first = int(torch.searchsorted(torch.cumsum(w, 0), torch.rand(1, generator=generator, dtype=torch.float64).to(x.device)
+                                       * w.sum()).clamp_(max=n - 1))
     centers[0] = x[first]
     closest = _sqdist(x[first : first + 1], x, x_sqnorm)[0].double()
-    pot = closest.sum()
+    pot = (closest if w is None else closest * w).sum()
     for c in range(1, k):
         targets = torch.rand(trials, generator=generator, dtype=torch.float64).to(x.device) * pot
-        cand = torch.searchsorted(torch.cumsum(closest, 0), targets).clamp_(max=n - 1)
+        cand = torch.searchsorted(torch.cumsum(closest if w is None else closest * w, 0), targets).clamp_(max=n - 1)
         d = torch.minimum(closest, _sqdist(x[cand], x, x_sqnorm).double())
-        pots = d.sum(1)
+        pots = (d if w is None else d * w).sum(1)
         best = int(torch.argmin(pots))
         closest, pot = d[best], pots[best]
         centers[c] = x[cand[best]]

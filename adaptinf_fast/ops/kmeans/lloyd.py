@@ -5,7 +5,9 @@ L2-normalised for cosine) on the fly, so a NumPy memmap or a host tensor larger 
 is streamed with O(chunk) extra memory (pinned host buffers, asynchronous copies). Per iteration
 each chunk is assigned, and centroid sums (float32 per chunk, float64 across chunks) and counts are accumulated; under an
 initialised process group they are all-reduced, so every rank ends with the same centroids as a
-single process fitting the union of the shards.
+single process fitting the union of the shards. With sample weights, a centroid is the weighted
+mean of its points, the inertia the weighted sum of squared distances, and a cluster whose points
+weigh nothing in all is empty.
 """
 
 from __future__ import annotations
@@ -58,9 +60,11 @@ class Comm:
 class Data:
     """Rows to cluster (tensor or NumPy array, any float dtype), served as prepared device chunks."""
 
-    def __init__(self, x, metric: str, device: torch.device, chunk_rows: int | None = None):
+    def __init__(self, x, metric: str, device: torch.device, chunk_rows: int | None = None,
+                 weights: torch.Tensor | None = None):
         self.x = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
         self.n, self.d = self.x.shape
+        self.w = None if weights is None else weights.to(device, torch.float32)  # (N,) sample weights
         self.metric, self.device = metric, device
         self.chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (4 * max(self.d, 1)))
         self.stream = self.x.device != device and device.type == "cuda"
@@ -97,6 +101,10 @@ class Data:
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         return self.prepare(self.x[idx.to(self.x.device)])
 
+    def weights(self, start: int, n: int) -> torch.Tensor | None:
+        """The sample weights of rows start .. start + n - 1 on the device, or None (all 1)."""
+        return None if self.w is None else self.w[start : start + n]
+
 
 def sq_distance_from(values: torch.Tensor, metric: str) -> torch.Tensor:
     """Assignment values -> squared L2 distance (for cosine: between the unit vectors)."""
@@ -129,12 +137,15 @@ def tolerance(data: Data, comm: Comm, tol: float) -> float:
     return float(tol * (stats[2] / n - (stats[1] / n).pow(2)).clamp_min(0).mean())
 
 
-def _reseed_empty(data, comm, sums, counts, labels, dist) -> None:
-    """Each empty cluster takes the point of the largest cluster farthest from its centroid (which
-    splits that cluster at the next assignment); chosen across ranks, ties to the lowest rank."""
+def _reseed_empty(data, comm, sums, weight, labels, dist) -> None:
+    """Each empty cluster (no weight) takes the point of the heaviest cluster farthest from its
+    centroid (which splits that cluster at the next assignment); chosen across ranks, ties to the
+    lowest rank. Points of weight 0 are never chosen."""
     dist = dist.clone()
-    for e in (counts == 0).nonzero().flatten().tolist():
-        big = int(torch.argmax(counts))
+    if data.w is not None:
+        dist[data.w <= 0] = -1.0
+    for e in (weight <= 0).nonzero().flatten().tolist():
+        big = int(torch.argmax(weight))
         member = torch.where(labels == big, dist, torch.full_like(dist, -1.0))
         local_best = int(torch.argmax(member)) if member.numel() else -1
         best_val = float(member[local_best]) if local_best >= 0 else -1.0
@@ -145,15 +156,17 @@ def _reseed_empty(data, comm, sums, counts, labels, dist) -> None:
         else:
             all_cands = [cand]
         winner = max(range(comm.world), key=lambda r: (float(all_cands[r][0]), float(all_cands[r][1])))
-        row = torch.zeros(data.d, dtype=torch.float64, device=sums.device)
+        row = torch.zeros(data.d + 1, dtype=torch.float64, device=sums.device)  # weight · point, weight
         if winner == comm.rank:
-            row += data.rows(torch.tensor([local_best]))[0].double()
+            w = 1.0 if data.w is None else float(data.w[local_best])
+            row[:-1] += w * data.rows(torch.tensor([local_best]))[0].double()
+            row[-1] = w
             dist[local_best] = -1.0
         comm.sum_(row)
-        sums[big] -= row
-        sums[e] = row
-        counts[big] -= 1
-        counts[e] = 1
+        sums[big] -= row[:-1]
+        sums[e] = row[:-1]
+        weight[big] -= row[-1]
+        weight[e] = row[-1]
 
 
 def distances(data: Data, centers: torch.Tensor, assign: Assign, metric: str, labels: torch.Tensor,
@@ -165,7 +178,9 @@ def distances(data: Data, centers: torch.Tensor, assign: Assign, metric: str, la
         lab, val = assign(start, xc, centers, True)
         labels[start : start + len(lab)] = lab
         dist[start : start + len(lab)] = sq_distance_from(val, metric)
-        total += dist[start : start + len(lab)].double().sum()
+        w = data.weights(start, len(lab))
+        d = dist[start : start + len(lab)].double()
+        total += (d if w is None else d * w.double()).sum()
     return total
 
 
@@ -182,22 +197,25 @@ def lloyd(data: Data, centers: torch.Tensor, assign: Assign, *, metric: str, max
     bar = progress_bar(total=max_iter, desc="k-means", unit="it", progress=progress and comm.rank == 0, leave=False)
     for n_iter in range(1, max_iter + 1):
         sums = torch.zeros(k, data.d, dtype=torch.float64, device=data.device)
-        counts = torch.zeros(k, dtype=torch.int64, device=data.device)
+        weight = torch.zeros(k, dtype=torch.float64, device=data.device)  # points per cluster, or their weight
         changed = torch.zeros(1, dtype=torch.int64, device=data.device)
         for start, xc in data.chunks():
             lab, _ = assign(start, xc, centers, False)
             changed += (labels[start : start + len(lab)] != lab).sum()
             labels[start : start + len(lab)] = lab
+            w = data.weights(start, len(lab))
             # float32 sums per chunk (no float64 copy of X each iteration), accumulated in float64
-            sums += torch.zeros(k, data.d, dtype=torch.float32, device=data.device).index_add_(0, lab, xc).double()
-            counts += torch.bincount(lab, minlength=k)
+            rows = xc if w is None else xc * w[:, None]
+            sums += torch.zeros(k, data.d, dtype=torch.float32, device=data.device).index_add_(0, lab, rows).double()
+            weight += (torch.bincount(lab, minlength=k) if w is None else
+                       torch.zeros(k, dtype=torch.float64, device=data.device).index_add_(0, lab, w.double()))
         comm.sum_(sums)
-        comm.sum_(counts)
+        comm.sum_(weight)
         comm.sum_(changed)
-        if (counts == 0).any():
+        if (weight <= 0).any():
             distances(data, centers, assign, metric, labels, dist)  # same labels, now with distances
-            _reseed_empty(data, comm, sums, counts, labels, dist)
-        new = (sums / counts.clamp_min(1).unsqueeze(1)).float()
+            _reseed_empty(data, comm, sums, weight, labels, dist)
+        new = torch.where(weight[:, None] > 0, sums / weight.clamp_min(1e-300).unsqueeze(1), centers.double()).float()
         if metric == "cosine":
             new = torch.nn.functional.normalize(new, dim=1)
         shift = float((new - centers).pow(2).sum())
