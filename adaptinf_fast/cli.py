@@ -29,6 +29,20 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def model_info(folder: Path) -> int:
+    from .lifelong.models import describe
+
+    d = describe(folder)
+    print(f"model         {folder}")
+    print(f"family        {d['family']} ({d['model']})")
+    print(f"processor     {d['processor'] or 'none'}")
+    print(f"image tokens  {d['image_tokens']}")
+    vision = d["vision_layers_targeted"]
+    print(f"LoRA targets  {d['lora_targets']!s}: {d['lora_layers']} linear layers, e.g. {', '.join(d['lora_examples'])}"
+          + (f"; {vision} of them in the vision tower" if vision else ""))
+    return 0
+
+
 def info() -> int:
     import torch
 
@@ -162,7 +176,9 @@ def _ops_demo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adaptinf-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="package, torch, triton, CUDA, _C and the backends per op")
+    info_p = sub.add_parser("info", help="package, torch, triton, CUDA, _C and the backends per op; with --model, "
+                            "what a model folder is (family, processor, image tokens, LoRA targets)")
+    info_p.add_argument("--model", type=Path, default=None, help="a local model folder to describe")
     # The demo's defaults live in one place, DemoConfig (pydantic): a flag left out stays None here and
     # DemoConfig fills it in, so building this parser imports neither pydantic nor the demo.
     demo = sub.add_parser("demo", help="the whole lifelong loop on a built-in tiny LLaVA and built-in tasks (no network)")
@@ -215,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_parsers(sub)
     args = parser.parse_args(argv)
-    commands = {"info": lambda a: info(), "demo": _demo, "run": _run, "merge": _merge, "demo-ops": _ops_demo}
+    commands = {"info": lambda a: model_info(a.model) if a.model else info(), "demo": _demo, "run": _run, "merge": _merge, "demo-ops": _ops_demo}
     try:
         return commands.get(args.command, run_pool_command)(args)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:

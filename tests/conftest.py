@@ -97,3 +97,19 @@ def lock_held_elsewhere(folder, what: str):
     finally:
         holder.kill()
         holder.wait()
+
+
+def write_stage_files(folder, data, names, images) -> list[dict]:
+    """Write ``data[name]``'s train/test splits as LLaVA JSON under ``folder``; return the run
+    config's stage entries (name, train, test, images) for ``names``."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    stages = []
+    for name in names:
+        for split in ("train", "test"):
+            (folder / f"{name}-{split}.json").write_text(json.dumps(data[name][split]))
+        stages.append({"name": name, "train": str(folder / f"{name}-train.json"),
+                       "test": str(folder / f"{name}-test.json"), "images": str(images)})
+    return stages

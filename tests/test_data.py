@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from PIL import Image
 
 from adaptinf_fast.data import read_llava_json
@@ -46,7 +48,7 @@ def test_labels_only_on_answers_with_and_without_a_chat_template(tmp_path):
     enc = Encoder(tokenizer=tok, image_token_id=IMAGE_TOKEN, image_tokens=4, image_size=28, image_root=tmp_path)
     plain = enc.encode(rec)
     assert answer_words(tok, plain) == ["red", "</s>", "two", "</s>"]
-    assert (plain["input_ids"] == IMAGE_TOKEN).sum() == 4 and plain["pixel_values"].shape == (3, 28, 28)
+    assert (plain["input_ids"] == IMAGE_TOKEN).sum() == 4 and plain["pixel_values"].shape == (1, 3, 28, 28)
     tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}USER : {{ m['content'] }} "
                          "{% else %}ASSISTANT : {{ m['content'] }} </s> {% endif %}{% endfor %}"
                          "{% if add_generation_prompt %}ASSISTANT : {% endif %}")
@@ -78,6 +80,46 @@ def test_images_go_through_the_model_folders_image_processor(tmp_path):
     theirs = Encoder(**common, image_processor=proc).encode(rec)["pixel_values"]
     with Image.open(tmp_path / "wide.png") as im:
         want = proc(images=im.convert("RGB"), return_tensors="pt")["pixel_values"][0]
-    assert theirs.shape == ours.shape == (3, 16, 16)
-    torch.testing.assert_close(theirs, want)
+    assert theirs.shape == ours.shape == (1, 3, 16, 16)  # (images, 3, H, W)
+    torch.testing.assert_close(theirs[0], want)
     assert not torch.allclose(theirs, ours, atol=1e-2)  # center-crop, not a squashing resize
+
+
+def test_multi_image_records_are_validated_and_encoded_image_by_image(tmp_path):
+    from PIL import Image
+
+    from adaptinf_fast.data.llava import validate_records
+
+    for name in ("a", "b"):
+        Image.new("RGB", (20, 20), "red").save(tmp_path / f"{name}.png")
+    q = {"from": "human", "value": "<image>\n<image>\nare these the same ?"}
+    good = {"id": "g", "image": ["a.png", "b.png"], "conversations": [q, {"from": "gpt", "value": "yes"}]}
+    short = {"id": "s", "image": ["a.png"], "conversations": [q, {"from": "gpt", "value": "yes"}]}
+    missing = {"id": "m", "image": ["a.png", "gone.png"], "conversations": [q, {"from": "gpt", "value": "yes"}]}
+    kept, report = validate_records([good, short, missing], tmp_path)
+    assert [r["id"] for r in kept] == ["g"]
+    why = dict(report.skipped)
+    assert why["s"].startswith("image count") and why["m"].startswith("missing image") and "gone.png" in why["m"]
+    enc = Encoder(tokenizer=word_tokenizer(), image_token_id=IMAGE_TOKEN, image_tokens=4, image_size=16,
+                  image_root=tmp_path)
+    item = enc.encode(good)
+    assert (item["input_ids"] == IMAGE_TOKEN).sum() == 8 and item["pixel_values"].shape == (2, 3, 16, 16)
+    from adaptinf_fast.data.encoder import collate
+
+    batch = collate([item, enc.encode({"id": "t", "conversations": [{"from": "human", "value": "hi"},
+                                                                   {"from": "gpt", "value": "no"}]}), item], 0)
+    assert batch["pixel_values"].shape == (4, 3, 16, 16)  # every image of the batch, in order
+
+
+def test_an_original_llava_checkpoint_is_refused_with_how_to_convert_it(tmp_path):
+    import json
+
+    from adaptinf_fast.lifelong.config import ModelSettings
+    from adaptinf_fast.lifelong.models import check_loadable
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava",
+                                                       "mm_vision_tower": "openai/clip-vit-large-patch14-336"}))
+    with pytest.raises(ValueError, match="convert_llava_weights_to_hf"):
+        check_loadable(tmp_path)
+    with pytest.raises(ValueError, match="original LLaVA checkpoint"):
+        ModelSettings(base=str(tmp_path))

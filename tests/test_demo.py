@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -72,3 +73,21 @@ def test_demo_rejects_bad_arguments(tmp_path, capsys):
     assert "tasks must be a non-empty subset" in capsys.readouterr().err
     assert cli.main(["demo", "--out", str(tmp_path), "--compare", "random,oracle"]) == 2
     assert "--compare takes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("java") is None, reason="the caption metric's PTB tokenizer and METEOR run on Java")
+def test_a_multi_image_task_and_a_caption_task_run_in_the_demo(tmp_path):
+    pytest.importorskip("pycocoevalcap")
+    out = tmp_path / "extra"
+    assert cli.main(["demo", "--tasks", "pairs,captions", "--n-train", "24", "--n-test", "8", "--pretrain-epochs", "1",
+                     "--epochs", "1", "--budget", "16", "--pool-budget", "20", "--k", "2", "--out", str(out),
+                     "--no-progress", "--device", "cpu"]) == 0
+    run = json.loads((out / "adaptinf" / "summary.json").read_text())
+    assert run["task_metrics"] == {"pairs": "exact_match", "captions": "caption"}
+    stage2 = json.loads((out / "adaptinf" / "pool" / "stages" / "stage-002" / "eval.json").read_text())
+    parts = stage2["details"]["captions"]
+    assert {"Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "mean"} <= set(parts)
+    assert stage2["scores"]["captions"] == pytest.approx(parts["mean"])
+    records = [json.loads(line) for line in (out / "adaptinf" / "data" / "pairs-train.jsonl").read_text().splitlines()]
+    assert all(len(r["image"]) == 2 for r in records)

@@ -16,6 +16,7 @@ from adaptinf_fast.demo.model import tiny_llava
 from adaptinf_fast.lifelong import run as run_module
 from adaptinf_fast.lifelong.config import RunConfig
 from adaptinf_fast.lifelong.run import LifelongRun, Task
+from conftest import write_stage_files
 
 
 def two_tasks(root: Path, layers: int = 1):
@@ -101,11 +102,7 @@ def test_kill_anywhere_then_resume_equals_uninterrupted(setting, monkeypatch):
 
 
 def write_config(root: Path, data, base: Path, **extra) -> Path:
-    for name in ("colours", "successor"):
-        for split in ("train", "test"):
-            (root / f"{name}-{split}.json").write_text(json.dumps(data[name][split]))
-    stages = [{"name": n, "train": str(root / f"{n}-train.json"), "test": str(root / f"{n}-test.json"),
-               "images": str(root / "tasks")} for n in ("colours", "successor")]
+    stages = write_stage_files(root, data, ("colours", "successor"), root / "tasks")
     stages[1]["selection"] = {"budget": 10}
     doc = {"out": str(root / "run-out"), "model": {"base": str(base)}, "lora": {"r": 4, "alpha": 8},
            "train": {"lr": 1e-3, "epochs": 1, "batch_size": 4}, "features": {"layers": "last", "out_dim": 32},
@@ -197,12 +194,7 @@ def test_two_process_run_equals_one_process(setting, tmp_path):
 
     root, data, _, cfg, base = setting
     cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"dropout": 0.0})})
-    tasks = []
-    for name in ("colours", "successor"):
-        for split in ("train", "test"):
-            (tmp_path / f"{name}-{split}.json").write_text(json.dumps(data[name][split]))
-        tasks.append({"name": name, "train": str(tmp_path / f"{name}-train.json"),
-                      "test": str(tmp_path / f"{name}-test.json"), "images": str(root / "tasks")})
+    tasks = write_stage_files(tmp_path, data, ("colours", "successor"), root / "tasks")
     one = LifelongRun(tmp_path / "one", [Task(**t) for t in tasks], cfg, loader(base), progress=False,
                       say=lambda s: None).run()
     script = tmp_path / "run.py"

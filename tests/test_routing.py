@@ -59,6 +59,39 @@ def test_state_round_trip_and_modality_checks():
         TaskRouter(Table()).anchors()
 
 
+def test_set_anchor_replaces_or_appends_a_learned_prototype():
+    router = TaskRouter(Table(), temperature=0.5)
+    router.observe(0, [rec([1, 0], [0, 2]), rec([3, 0], [0, 4])])
+    router.set_anchor(1, {"image": torch.tensor([0.0, 5.0]), "text": torch.tensor([5.0, 0.0])})  # appended
+    router.set_anchor(0, {"image": torch.tensor([0.0, 1.0]), "text": torch.tensor([1.0, 1.0])})  # replaced
+    torch.testing.assert_close(router.anchors()["image"], torch.tensor([[0.0, 1.0], [0.0, 5.0]]))
+    torch.testing.assert_close(router.anchors()["text"], torch.tensor([[1.0, 1.0], [5.0, 0.0]]))
+    with pytest.raises(ValueError, match="set before task 2"):
+        router.set_anchor(3, {"image": torch.zeros(2), "text": torch.zeros(2)})
+    with pytest.raises(ValueError, match="an anchor needs"):
+        router.set_anchor(0, {"text": torch.zeros(2)})
+
+
+def test_clip_image_features_of_a_multi_image_record_are_the_mean_of_its_images(tmp_path):
+    from adaptinf_fast.data.demo_tasks import make_tasks, vocabulary
+    from adaptinf_fast.demo.clip import pretrained_clip
+
+    data = make_tasks(tmp_path / "tasks", n_train=4, n_test=2, n_describe=2, extra=("pairs",))
+    captions = [{**r, "image": str(tmp_path / "tasks" / r["image"])} for r in data["describe"]["train"]]
+    clip = ClipFeatures(pretrained_clip(tmp_path, captions, vocabulary(data), epochs=1, say=lambda s: None),
+                        image_root=tmp_path / "tasks")
+    pair = data["pairs"]["train"][1]
+    assert len(pair["image"]) == 2
+    alone = [{**pair, "image": p} for p in pair["image"]]
+    text_only = data["successor"]["train"][0]
+    feats = clip([pair, *alone, text_only], ["image"])["image"]
+    torch.testing.assert_close(feats[0], (feats[1] + feats[2]) / 2, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(feats[1], feats[2])
+    size = clip.vision.config.image_size
+    blank = clip.vision(pixel_values=torch.zeros(1, 3, size, size)).image_embeds[0]
+    torch.testing.assert_close(feats[3], blank.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_the_instruction_is_the_first_human_turn_without_its_image():
     r = {"conversations": [{"from": "human", "value": "<image>\nwhat colour is the square ?"},
                            {"from": "gpt", "value": "red"}, {"from": "human", "value": "and now ?"}]}

@@ -6,6 +6,10 @@ Tasks (each with train and test splits, answers balanced over the classes):
 square: "what colour is the square ?"), ``counting`` (1–4 circles: "how many circles ?"),
 ``successor`` (text only: "what number comes after four ?" → five), and ``describe`` (generic captions of fresh
 images of the three image kinds, used to pre-train the whole model at stage 0; train split only).
+Two more on request (``extra``, generated after the others, so the default tasks do not change):
+``pairs`` (two images in one record: "are these the same digit ?" → yes / no) and ``captions``
+(a caption task scored by the corpus-level caption metric: "caption the picture ." with two
+reference phrasings per image in ``answers``).
 Digit images for training and captions come from the first 1300 of sklearn's 1797 digits, test
 images from the rest, so no test image is seen in training.
 """
@@ -19,15 +23,18 @@ import numpy as np
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (230, 200, 20)}
 TASKS = ("digits", "colours", "counting", "successor")
+EXTRA_TASKS = ("pairs", "captions")
+TASK_METRICS = {"captions": "caption"}  # the rest: exact match
 IMAGE_SIZE = 28
 DIGITS_TRAIN = 1300  # sklearn digits below this index feed train/captions, the rest test
 
 
-def _record(rid: str, question: str, answer: str, image: str | None) -> dict:
-    q = ("<image>\n" + question) if image else question
+def _record(rid: str, question: str, answer: str, image: str | list[str] | None) -> dict:
+    paths = [image] if isinstance(image, str) else list(image or [])
+    q = "".join("<image>\n" for _ in paths) + question
     rec = {"id": rid, "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": answer}]}
-    if image:
-        rec["image"] = image
+    if paths:
+        rec["image"] = paths[0] if isinstance(image, str) else paths
     return rec
 
 
@@ -38,9 +45,13 @@ def _save(img, root: Path, name: str) -> str:
 
 
 def make_tasks(root: str | Path, n_train: int = 120, n_test: int = 40, seed: int = 0,
-               n_describe: int | None = None) -> dict[str, dict[str, list]]:
+               n_describe: int | None = None, extra: tuple[str, ...] = ()) -> dict[str, dict[str, list]]:
     """{task: {"train": records, "test": records}} with images under ``root/images``;
-    ``describe`` has ``n_describe`` (default ``2 * n_train``) captions per image kind."""
+    ``describe`` has ``n_describe`` (default ``2 * n_train``) captions per image kind; ``extra``:
+    any of ``EXTRA_TASKS``."""
+    unknown = set(extra) - set(EXTRA_TASKS)
+    if unknown:
+        raise ValueError(f"extra tasks must be among {EXTRA_TASKS}; got {sorted(unknown)}")
     from PIL import Image, ImageDraw
     from sklearn.datasets import load_digits
 
@@ -94,6 +105,27 @@ def make_tasks(root: str | Path, n_train: int = 120, n_test: int = 40, seed: int
             answer, path = make(f"describe-{task}-{i}", i, False)
             captions.append(_record(f"describe-{task}-{i}", "describe the image .", caption.format(answer), path))
     out["describe"] = {"train": captions, "test": []}
+    if "pairs" in extra:  # two images per record
+        recs = []
+        for i in range(n_train + n_test):
+            a, pa = digit(f"pairs-{i}-a", i, i >= n_train)
+            same = i % 2 == 0
+            b, pb = digit(f"pairs-{i}-b", i if same else i + 1 + i % 9, i >= n_train)
+            recs.append(_record(f"pairs-{i}", "are these the same digit ?", "yes" if same else "no", [pa, pb]))
+        out["pairs"] = {"train": recs[:n_train], "test": recs[n_train:]}
+    if "captions" in extra:  # references in two phrasings, for the corpus-level caption metric
+        recs = []
+        for i in range(n_train + n_test):
+            if i % 2:
+                answer, path = colour(f"captions-{i}", i // 2, i >= n_train)
+                refs = [f"a {answer} square", f"a {answer} square on white"]
+            else:
+                answer, path = count(f"captions-{i}", i // 2, i >= n_train)
+                refs = [f"{answer} circles", f"{answer} black circles"]
+            rec = _record(f"captions-{i}", "caption the picture .", refs[0], path)
+            rec["answers"] = refs
+            recs.append(rec)
+        out["captions"] = {"train": recs[:n_train], "test": recs[n_train:]}
     return out
 
 
@@ -104,6 +136,8 @@ def vocabulary(tasks: dict[str, dict[str, list]]) -> list[str]:
             for rec in recs:
                 for turn in rec["conversations"]:
                     words.update(turn["value"].replace("<image>", " ").split())
+                for answer in rec.get("answers", []):
+                    words.update(answer.split())
     return sorted(words)
 
 

@@ -1,11 +1,17 @@
 """Turning pool items into model batches: pre-tokenised rows or LLaVA-style conversation records.
 
 A row is either already tokenised (``input_ids``, ``labels`` with -100 on prompt tokens, optional
-``pixel_values`` for one image) or a LLaVA record ``{"id", "image"?, "conversations": [{"from":
-"human", "value": "<image>\\n..."}, {"from": "gpt", "value": ...}, ...]}``, which needs a tokenizer
-(and, for images, the vision tower's image size). Batches are right-padded, so a sample's positions
-do not depend on its batch. Problems with one item (no response, unreadable image, too long with
-``on_overflow="error"``) are reported for that item and the rest goes on.
+``pixel_values`` (3, H, W) or (n_images, 3, H, W)) or a LLaVA record ``{"id", "image"?,
+"conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": ...}, ...]}``
+whose ``image`` is one path or a list of paths, one per ``<image>`` placeholder, in order. With the
+model's own processor (``AutoProcessor`` in its folder; ``data/processor.py``) the processor renders
+and encodes records — image-token expansion, resolution, tiling and extra inputs are its own;
+without one (a LLaVA-1.5 folder with only a tokenizer, a text-only LM) ``<image>`` expands into the
+tower's (image_size / patch)² tokens and images are resized to its square. Batches
+(``Encoder.collate``) are right-padded, so a sample's positions do not depend on its batch; prompts
+for generation are left-padded (``collate_prompts``). Problems with one item (no response,
+unreadable or missing image, too long with ``on_overflow="error"``) are reported for that item and
+the rest goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from .processor import ProcessorCodec, is_processor
 
 log = logging.getLogger("adaptinf_fast")
 IMAGE_PLACEHOLDER = "<image>"
@@ -51,6 +59,7 @@ class Encoder:
     on_overflow: str = "truncate"  # or "error"
     pad_token_id: int = 0
     image_processor: Any = None  # the model's own (e.g. LLaVA-1.5's CLIPImageProcessor); None: ours
+    codec: ProcessorCodec | None = None  # the model's multimodal processor, when its folder has one
     truncated: int = field(default=0, init=False)
     _warned: bool = field(default=False, init=False, repr=False)
 
@@ -59,10 +68,20 @@ class Encoder:
                   on_overflow: str = "truncate", image_processor: Any = None) -> "Encoder":
         """The encoder matching ``model``'s config (a causal LM or LLaVA, PEFT-wrapped or not): its
         image token, how many tokens one image expands to, the vision tower's image size.
-        ``image_processor``: the model's own (``image_processor_for(folder)``) — images then go
-        through it (LLaVA-1.5: resize the shortest edge, center-crop, CLIP-normalise); without one,
-        images are resized to the tower's square size and CLIP-normalised."""
+        ``image_processor``: the model's own multimodal processor (``processor_for(folder)``), which
+        then renders and encodes every record; or a bare image processor (``image_processor_for``:
+        images go through it, LLaVA-1.5: resize the shortest edge, center-crop, CLIP-normalise);
+        without either, images are resized to the tower's square size and CLIP-normalised."""
         cfg = getattr(getattr(model, "base_model", model), "config", None) or getattr(model, "config", None)
+        if is_processor(image_processor):
+            tok = tokenizer if tokenizer is not None else image_processor.tokenizer
+            pad = getattr(tok, "pad_token_id", None)
+            image_id = getattr(cfg, "image_token_id", None)
+            if image_id is None:
+                image_id = getattr(cfg, "image_token_index", None)
+            return cls(tokenizer=tok, image_token_id=image_id, image_root=Path(image_root) if image_root else None,
+                       max_length=max_length, on_overflow=on_overflow, pad_token_id=pad if pad is not None else 0,
+                       codec=ProcessorCodec(image_processor))
         vision = getattr(cfg, "vision_config", None)
         image_tokens = 0
         if vision is not None:
@@ -78,21 +97,44 @@ class Encoder:
     def _tok(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _image(self, path: str) -> torch.Tensor:
+    def _path(self, path: str) -> Path:
+        return Path(path) if self.image_root is None else self.image_root / path
+
+    def _pil(self, path: str):
         from PIL import Image
 
-        full = Path(path) if self.image_root is None else self.image_root / path
+        full = self._path(path)
         try:
             with Image.open(full) as im:
-                im = im.convert("RGB")
-                if self.image_processor is not None:
-                    return torch.as_tensor(self.image_processor(images=im, return_tensors="pt")["pixel_values"][0])
-                im = im.resize((self.image_size, self.image_size), Image.BICUBIC)
-                arr = np.asarray(im, dtype=np.float32) / 255.0
+                return im.convert("RGB")
         except Exception as exc:  # noqa: BLE001 - any unreadable image is this item's problem
             raise ItemError(f"image {full} could not be read: {exc}") from exc
+
+    def _image(self, path: str) -> torch.Tensor:
+        im = self._pil(path)
+        if self.image_processor is not None:
+            return torch.as_tensor(self.image_processor(images=im, return_tensors="pt")["pixel_values"][0])
+        from PIL import Image
+
+        arr = np.asarray(im.resize((self.image_size, self.image_size), Image.BICUBIC), dtype=np.float32) / 255.0
         t = torch.from_numpy(arr).permute(2, 0, 1)
         return (t - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+
+    def _images(self, rec: dict, turns: list[dict]) -> list[str]:
+        """The record's image paths, one per <image> placeholder of ``turns`` (checked)."""
+        n = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in turns)
+        if n == 0:
+            return []
+        paths = rec.get("image")
+        paths = [paths] if isinstance(paths, str) else paths
+        if not isinstance(paths, list) or not all(isinstance(x, str) for x in paths):
+            raise ItemError("record has <image> but no 'image' path (or list of paths)")
+        if len(paths) < n:
+            raise ItemError(f"record has {n} <image> placeholders but {len(paths)} image path(s)")
+        return paths[:n]
+
+    def _pixels(self, paths: list[str]) -> torch.Tensor:
+        return torch.stack([self._image(p) for p in paths])  # (n_images, 3, H, W)
 
     def _tok_with_images(self, text: str) -> list[int]:
         chunks = text.split(IMAGE_PLACEHOLDER)
@@ -134,7 +176,7 @@ class Encoder:
                 segments.append(("USER: " + t["value"] + " ", False))
         return segments
 
-    def encode_record(self, rec: dict) -> dict:
+    def _check_turns(self, rec: dict) -> list[dict]:
         turns = rec.get("conversations")
         if not isinstance(turns, list) or not turns:
             raise ItemError("record has no 'conversations' list")
@@ -145,6 +187,44 @@ class Encoder:
             raise ItemError("record has no response (no non-empty 'gpt' turn)")
         if self.tokenizer is None:
             raise ItemError("a conversation record needs a tokenizer (GradientFeaturizer(tokenizer=...))")
+        return turns
+
+    @staticmethod
+    def messages(turns: list[dict]) -> list[dict]:
+        """Chat messages with content parts: text, and an image part for every <image>, in order."""
+        out = []
+        for t in turns:
+            parts = []
+            for k, piece in enumerate(t["value"].split(IMAGE_PLACEHOLDER)):
+                if k:
+                    parts.append({"type": "image"})
+                if piece.strip():
+                    parts.append({"type": "text", "text": piece.strip()})
+            out.append({"role": ROLES[t["from"]], "content": parts})
+        return out
+
+    def _processor_item(self, turns: list[dict], paths: list[str], generation: bool = False) -> dict:
+        """Through the model's processor: the whole conversation with answer labels, or (``generation``)
+        its prompt for the next turn."""
+        codec = self.codec
+        messages = self.messages(turns)
+        images = [self._pil(p) for p in paths]
+        if generation:
+            return codec.encode([(codec.render(messages, True), False, images)])
+        segments = codec.segments(messages)
+        if segments is None:
+            raise ItemError("the processor's chat template is not prefix-stable: answers cannot be located")
+        pieces, used = [], 0
+        for text, is_answer, n in segments:
+            pieces.append((text, is_answer, images[used : used + n]))
+            used += n
+        return codec.encode(pieces)
+
+    def encode_record(self, rec: dict) -> dict:
+        turns = self._check_turns(rec)
+        paths = self._images(rec, turns)
+        if self.codec is not None:
+            return self._processor_item(turns, paths)
         segments = None
         if getattr(self.tokenizer, "chat_template", None):
             segments = self._segments_from_template(turns)
@@ -163,19 +243,20 @@ class Encoder:
             ids += piece
             labels += piece if is_answer else [-100] * len(piece)
         out = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
-        if any(IMAGE_PLACEHOLDER in t["value"] for t in turns):
-            if "image" not in rec:
-                raise ItemError("record has <image> but no 'image' path")
-            out["pixel_values"] = self._image(rec["image"])
+        if paths:
+            out["pixel_values"] = self._pixels(paths)
         return out
 
     def encode_prompt(self, rec: dict) -> tuple[dict, str]:
         """The prompt for the record's last answer (everything before it, ending with the
-        assistant's cue) and that answer: ({"input_ids", "pixel_values"?}, reference text)."""
+        assistant's cue) and that answer: (an item for ``collate_prompts``, reference text)."""
         turns = rec.get("conversations")
         if not isinstance(turns, list) or len(turns) < 2 or ROLES.get(turns[-1].get("from")) != "assistant":
             raise ItemError("an evaluation record must end with a 'gpt' turn (the reference answer)")
         context = turns[:-1]
+        paths = self._images(rec, context)
+        if self.codec is not None:
+            return self._processor_item(context, paths, generation=True), turns[-1]["value"]
         if getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": ROLES[t["from"]], "content": t["value"]} for t in context]
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -183,8 +264,8 @@ class Encoder:
             bos = getattr(self.tokenizer, "bos_token", None)
             text = (bos + " " if bos else "") + "".join(t for t, _ in self._segments_fixed(context)) + " ASSISTANT: "
         out = {"input_ids": torch.tensor(self._tok_with_images(text))}
-        if any(IMAGE_PLACEHOLDER in t["value"] for t in context):
-            out["pixel_values"] = self._image(rec["image"])
+        if paths:
+            out["pixel_values"] = self._pixels(paths)
         return out, turns[-1]["value"]
 
     def encode(self, item: Any) -> dict:
@@ -194,7 +275,8 @@ class Encoder:
             out = {"input_ids": torch.as_tensor(item["input_ids"]).flatten(),
                    "labels": torch.as_tensor(item.get("labels", item["input_ids"])).flatten()}
             if item.get("pixel_values") is not None:
-                out["pixel_values"] = torch.as_tensor(item["pixel_values"])
+                pix = torch.as_tensor(item["pixel_values"])
+                out["pixel_values"] = pix[None] if pix.dim() == 3 else pix  # (n_images, 3, H, W)
         else:
             out = self.encode_record(item)
         if out["input_ids"].shape != out["labels"].shape:
@@ -202,20 +284,37 @@ class Encoder:
         if self.max_length is not None and out["input_ids"].numel() > self.max_length:
             if self.on_overflow == "error":
                 raise ItemError(f"sequence of {out['input_ids'].numel()} tokens exceeds max_length={self.max_length}")
-            if self.image_token_id is not None and (out["input_ids"][self.max_length:] == self.image_token_id).any():
+            if out.get("_images") or (self.image_token_id is not None
+                                      and (out["input_ids"][self.max_length:] == self.image_token_id).any()):
                 raise ItemError("truncation to max_length would cut the image tokens")
-            out["input_ids"] = out["input_ids"][: self.max_length]
-            out["labels"] = out["labels"][: self.max_length]
+            n = out["input_ids"].numel()
+            for k, v in list(out.items()):
+                if torch.is_tensor(v) and v.dim() == 1 and v.numel() == n:
+                    out[k] = v[: self.max_length]  # the tokens and what runs along them
             self.truncated += 1
         if not (out["labels"][1:] != -100).any():
             raise ItemError("no response tokens (labels are all -100 after the first token)")
         return out
 
+    def collate(self, items: list[dict]) -> dict:
+        """A right-padded training / feature batch of encoded items (see ``collate``)."""
+        if self.codec is not None and any("_images" in it for it in items):
+            return self.codec.collate(items, self.pad_token_id)
+        return collate(items, self.pad_token_id)
 
-def collate(encoded: list[dict], pad_token_id: int) -> dict:
-    """Right-pad a list of encoded items into a batch: ``input_ids``, ``labels`` (-100 on padding),
-    ``attention_mask`` (B, T) int64, and ``pixel_values`` (n_images, 3, H, W) for the items that
-    have an image, in batch order (text-only items may share the batch)."""
+    def collate_prompts(self, prompts: list[dict]) -> dict:
+        """A left-padded generation batch of ``encode_prompt`` items (generation continues every
+        row at the same column)."""
+        if self.codec is not None and any("_images" in p for p in prompts):
+            return self.codec.collate(prompts, self.pad_token_id, left=True)
+        return collate(prompts, self.pad_token_id, left=True)
+
+
+def collate(encoded: list[dict], pad_token_id: int, left: bool = False) -> dict:
+    """Pad a list of encoded items into a batch (on the right; ``left`` for generation prompts):
+    ``input_ids``, ``labels`` (-100 on padding, when the items have them), ``attention_mask`` (B, T)
+    int64, and ``pixel_values`` (n_images, 3, H, W): every item's images in batch order (text-only
+    items may share the batch)."""
     n = max(e["input_ids"].numel() for e in encoded)
     b = len(encoded)
     ids = torch.full((b, n), pad_token_id, dtype=torch.long)
@@ -223,12 +322,28 @@ def collate(encoded: list[dict], pad_token_id: int) -> dict:
     attn = torch.zeros(b, n, dtype=torch.long)
     for i, e in enumerate(encoded):
         k = e["input_ids"].numel()
-        ids[i, :k], labels[i, :k], attn[i, :k] = e["input_ids"], e["labels"], 1
-    batch = {"input_ids": ids, "labels": labels, "attention_mask": attn}
+        cols = slice(n - k, n) if left else slice(0, k)
+        ids[i, cols], attn[i, cols] = e["input_ids"], 1
+        if "labels" in e:
+            labels[i, cols] = e["labels"]
+    batch = {"input_ids": ids, "attention_mask": attn}
+    if all("labels" in e for e in encoded):
+        batch["labels"] = labels
     pix = [e["pixel_values"] for e in encoded if e.get("pixel_values") is not None]
-    if pix:  # LLaVA's convention: one image per item that has one, in batch order (text-only items mix in)
-        batch["pixel_values"] = torch.stack(pix)
+    if pix:  # LLaVA's convention: the images of every item, in batch order (text-only items mix in)
+        batch["pixel_values"] = torch.cat([p[None] if p.dim() == 3 else p for p in pix])
     return batch
+
+
+def model_inputs(batch: dict, model) -> dict:
+    """A batch's model inputs (all but ``labels``) on the model's device, image tensors in its dtype."""
+    param = next(model.parameters())
+    out = {}
+    for k, v in batch.items():
+        if k == "labels" or not torch.is_tensor(v):
+            continue
+        out[k] = v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device)
+    return out
 
 
 def encode_many(items: list[tuple[Any, Any]], encoder: Encoder, report: Callable[[Any, str], None]):

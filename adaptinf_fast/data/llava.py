@@ -1,5 +1,6 @@
 """Reading LLaVA-style conversation data: ``[{"id", "image"?, "conversations": [{"from": "human",
-"value": "<image>\\n..."}, {"from": "gpt", "value": ...}, ...]}, ...]`` plus an image folder.
+"value": "<image>\\n..."}, {"from": "gpt", "value": ...}, ...]}, ...]`` plus an image folder;
+``image`` is one path or a list of paths, one per ``<image>`` placeholder (multi-image records).
 
 Malformed records, records without an answer, duplicate ids and records whose image is missing are
 reported (with a reason) and skipped; the report counts them, nothing stops the read.
@@ -46,12 +47,18 @@ def _problem(rec: Any, image_root: Path | None) -> str | None:
             return f"malformed: bad turn {str(t)[:60]}"
     if not any(ROLES[t["from"]] == "assistant" and t["value"].strip() for t in turns):
         return "no answer: no non-empty 'gpt' turn"
-    if any("<image>" in t["value"] for t in turns):
-        if not isinstance(rec.get("image"), str):
-            return "missing image: '<image>' in the text but no 'image' path"
-        path = Path(rec["image"]) if image_root is None else image_root / rec["image"]
-        if not path.is_file():
-            return f"missing image: {path} does not exist"
+    n = sum(t["value"].count("<image>") for t in turns)
+    if n:
+        paths = rec.get("image")
+        paths = [paths] if isinstance(paths, str) else paths
+        if not isinstance(paths, list) or not paths or not all(isinstance(x, str) for x in paths):
+            return "missing image: '<image>' in the text but no 'image' path (or list of paths)"
+        if len(paths) != n:
+            return f"image count: {n} '<image>' placeholder(s) but {len(paths)} image path(s)"
+        for x in paths:
+            path = Path(x) if image_root is None else image_root / x
+            if not path.is_file():
+                return f"missing image: {path} does not exist"
     return None
 
 

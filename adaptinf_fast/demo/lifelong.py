@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 import numpy as np
 
-from ..data.demo_tasks import TASKS, make_tasks, vocabulary, word_tokenizer
+from ..data.demo_tasks import EXTRA_TASKS, TASK_METRICS, TASKS, make_tasks, vocabulary, word_tokenizer
 from ..data.encoder import Encoder, encode_many
 from ..lifelong.metrics import relative_gain
 from ..lifelong.models import pick_device
@@ -61,9 +61,9 @@ class DemoConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        unknown = set(self.tasks) - set(TASKS)
+        unknown = set(self.tasks) - set(TASKS) - set(EXTRA_TASKS)
         if unknown or not self.tasks:
-            raise ValueError(f"tasks must be a non-empty subset of {TASKS}; got {list(self.tasks)}")
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS + EXTRA_TASKS}; got {list(self.tasks)}")
         bad = set(self.compare) - set(BASELINES) - set(STRATEGIES)
         if bad:
             raise ValueError(f"--compare takes {', '.join(BASELINES + STRATEGIES)}; got {sorted(bad)}")
@@ -86,7 +86,8 @@ def pretrained_base(cfg: DemoConfig, describe: list[dict], tokenizer, say: Calla
             raise RuntimeError(f"{len(problems)} caption record(s) could not be encoded (first: {problems[0]})")
         train = TrainConfig(lr=cfg.lr, epochs=cfg.pretrain_epochs, batch_size=16, warmup_ratio=0.05, seed=cfg.seed,
                             pad_token_id=tokenizer.pad_token_id, save_every=100)
-        res = train_lora(model, items, train, ckpt_dir=cfg.out / "pretrain", progress=cfg.progress)
+        res = train_lora(model, items, train, ckpt_dir=cfg.out / "pretrain", progress=cfg.progress,
+                         collate_fn=encoder.collate)
         def save(folder: Path) -> None:
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
@@ -132,14 +133,16 @@ def run_config(cfg: DemoConfig, method: str) -> RunConfig:
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     t_start = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
-    data = make_tasks(cfg.out / "tasks", n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
+    data = make_tasks(cfg.out / "tasks", n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed,
+                      extra=tuple(t for t in cfg.tasks if t in EXTRA_TASKS))
     tokenizer = word_tokenizer(vocabulary(data))
     say(f"tasks: {', '.join(cfg.tasks)} ({cfg.n_train} train / {cfg.n_test} test each), written to {cfg.out / 'tasks'}")
     load = pretrained_base(cfg, data["describe"]["train"], tokenizer, say)
     if any(m in ROUTED for m in cfg.compare):
         captions = [{**r, "image": str(cfg.out / "tasks" / r["image"])} for r in data["describe"]["train"]]
         pretrained_clip(cfg.out, captions, vocabulary(data), seed=cfg.seed, say=say)
-    tasks = [Task(name, data[name]["train"], data[name]["test"], images=str(cfg.out / "tasks")) for name in cfg.tasks]
+    tasks = [Task(name, data[name]["train"], data[name]["test"], images=str(cfg.out / "tasks"),
+                  metric=TASK_METRICS.get(name)) for name in cfg.tasks]
     results = {}
     for method in ("adaptinf", *(m for m in cfg.compare if m != "sequential")):
         kind = "strategy" if method in STRATEGIES else "baseline"

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .._io import progress_bar
-from ..data.encoder import Encoder, collate, encode_many
+from ..data.encoder import Encoder, collate, encode_many, model_inputs
 from ..ops.projection import project
 from ..ops.projection.linear_grads import project_linear_grads
 from .capture import Capture, grads_enabled_on
@@ -154,12 +154,10 @@ class GradientFeaturizer:
         gradients went to ``buffer``; scores; valid)."""
         model = self.model
         device = next(model.parameters()).device
-        ids = batch["input_ids"].to(device)
+        kwargs = model_inputs(batch, model)  # the processor's extra inputs (image_grid_thw, ...) too
+        ids = kwargs["input_ids"]
         labels = batch["labels"].to(device)
-        attn = batch.get("attention_mask", torch.ones_like(ids)).to(device)
-        kwargs = {"input_ids": ids, "attention_mask": attn}
-        if batch.get("pixel_values") is not None:
-            kwargs["pixel_values"] = batch["pixel_values"].to(device=device, dtype=next(model.parameters()).dtype)
+        attn = kwargs.setdefault("attention_mask", torch.ones_like(ids))
         was_training = model.training
         model.eval()  # dropout off
         capture = Capture(self.targets)
@@ -295,7 +293,7 @@ class GradientFeaturizer:
             # encoded by position, so the kept items stay known (ids need not be unique)
             kept, encoded = encode_many(list(enumerate(items)), self.encoder,
                                         lambda j, why: skipped.append((names[j], why)))
-            batch = collate(encoded, self.encoder.pad_token_id) if encoded else None
+            batch = self.encoder.collate(encoded) if encoded else None
             yield k // shard_batches, [names[j] for j in kept], batch, skipped, [items[j] for j in kept]
 
     def extract(self, data: Any, batch_size: int = 8, *, out_dir: str | Path | None = None, shard_size: int = 4096,

@@ -129,20 +129,16 @@ class LoraSettings(Strict):
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: Any = None  # default: the language model's attention and MLP projections
+    target_modules: Any = None  # default: the language model's attention and MLP projections (models.py)
 
     def peft_config(self, model, experts: int = 1):
         """PEFT's LoraConfig; with ``experts`` E, one adapter of rank E·r read as E experts of rank r
         (``lifelong/experts.py``), alpha scaled alike so each expert keeps the scale alpha / r."""
         from peft import LoraConfig
 
-        from .models import LLM_PROJECTIONS
+        from .models import default_lora_targets
 
-        targets = self.target_modules
-        if targets is None:
-            is_llava = getattr(model.config, "model_type", "") == "llava"
-            names = "|".join(LLM_PROJECTIONS)
-            targets = rf".*language_model.*\.({names})" if is_llava else list(LLM_PROJECTIONS)
+        targets = self.target_modules if self.target_modules is not None else default_lora_targets(model)
         return LoraConfig(r=self.r * experts, lora_alpha=self.alpha * experts, lora_dropout=self.dropout,
                           target_modules=targets, task_type=None)
 
@@ -166,7 +162,7 @@ class TrainConfig(Strict):
 
 
 class EvalSettings(Strict):
-    scorer: str = "exact_match"
+    scorer: str = "exact_match"  # the default task metric (scoring.METRICS); a task's own `metric` wins
     max_new_tokens: int = Field(16, ge=1)
     limit: Optional[int] = Field(None, ge=1)  # test records per task
     batch_size: int = Field(16, ge=1)  # prompts per batched greedy generate
@@ -181,9 +177,16 @@ class ModelSettings(Strict):
 
     @model_validator(mode="after")
     def _folders(self):
+        from .models import check_loadable
+
         errors = []
         if not (Path(self.base) / "config.json").exists():
             errors.append(f"base is {self.base!r}; expected a local model folder with a config.json")
+        else:
+            try:
+                check_loadable(self.base)
+            except ValueError as exc:
+                errors.append(str(exc))
         for key in ("tokenizer", "adapter"):
             if getattr(self, key) is not None and not Path(getattr(self, key)).is_dir():
                 errors.append(f"{key} {getattr(self, key)!r} is not a folder")
@@ -249,11 +252,11 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _scorer(self):
-        from .evaluate import SCORERS
+        from .scoring import METRICS
         from .strategies import check
 
-        if self.eval.scorer not in SCORERS:
-            raise ValueError(f"eval.scorer is {self.eval.scorer!r}; expected one of {sorted(SCORERS)}")
+        if self.eval.scorer not in METRICS:
+            raise ValueError(f"eval.scorer is {self.eval.scorer!r}; expected one of {list(METRICS)}")
         check(self.strategy)
         if self.strategy == "hide" and self.train.weight_decay > 0:
             raise ValueError("strategy hide trains one expert of a shared adapter per stage: weight decay would "
@@ -277,12 +280,17 @@ class RunTask(Strict):
     train: str
     test: str
     images: Optional[str] = None
+    metric: Optional[str] = None  # this task's evaluation metric (scoring.METRICS; default eval.scorer)
     selection: dict = Field(default_factory=dict)  # per-stage selection keys
 
     @model_validator(mode="after")
     def _files(self):
+        from .scoring import METRICS
+
         errors = [f"{key} file {getattr(self, key)} does not exist" for key in ("train", "test")
                   if not Path(getattr(self, key)).is_file()]
+        if self.metric is not None and self.metric not in METRICS:
+            errors.append(f"metric is {self.metric!r}; expected one of {list(METRICS)}")
         if self.images and not Path(self.images).is_dir():
             errors.append(f"images folder {self.images} does not exist")
         _problems(errors)
@@ -413,7 +421,7 @@ def load_run_config(path: str | Path) -> tuple[Path, list, RunConfig, dict]:
             errors += error_lines(exc, f"stages.{t - 1}.selection")
         except ValueError as exc:
             errors.append(f"stages.{t - 1}.selection: {exc}")
-        tasks.append(Task(s.name, s.train, s.test, s.images, s.selection))
+        tasks.append(Task(s.name, s.train, s.test, s.images, s.selection, metric=s.metric))
     if errors:
         _fail(path, errors)
     return Path(spec.out), tasks, cfg, spec.model.model_dump()

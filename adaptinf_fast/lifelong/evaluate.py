@@ -1,39 +1,19 @@
-"""Evaluation on per-task test splits (DESIGN §2 step 6): greedy answers, scored per record.
+"""Evaluation on per-task test splits (DESIGN §2 step 6): greedy answers, scored by the task's metric.
 
-A scorer is any ``f(prediction: str, reference: str) -> float`` in [0, 1]; ``SCORERS`` holds the
-built-in ones, and ``evaluate`` takes a name or a callable.
+A metric is a name of ``scoring.METRICS`` (exact match, VQA soft accuracy, multiple choice, ANLS,
+the corpus-level caption score, grounding at IoU > 0.5) or any ``f(prediction, reference) -> float``
+in [0, 1]; ``evaluate`` takes either.
 """
 
 from __future__ import annotations
 
-import re
-import string
 from typing import Callable, Sequence
 
 import torch
 
 from .._io import progress_bar
-from ..data.encoder import Encoder
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize_answer(text: str) -> str:
-    """Lower-case, drop punctuation and articles, collapse whitespace (SQuAD-style)."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def exact_match(prediction: str, reference: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(reference))
-
-
-def first_word_match(prediction: str, reference: str) -> float:
-    """For one-word answers: the first word of the prediction matches (ignores trailing text)."""
-    words = normalize_answer(prediction).split()
-    return float(bool(words) and words[0] == normalize_answer(reference))
-
+from ..data.encoder import Encoder, model_inputs
+from .scoring import METRICS, exact_match, first_word_match, normalize_answer, score_task
 
 SCORERS: dict[str, Callable[[str, str], float]] = {"exact_match": exact_match, "first_word": first_word_match}
 
@@ -44,34 +24,14 @@ def greedy_answer(model, encoder: Encoder, record: dict, max_new_tokens: int = 8
     return greedy_answers(model, encoder, [record], max_new_tokens)[0]
 
 
-def left_pad(prompts: list[dict], pad_token_id: int) -> dict:
-    """Left-pad prompts into one batch (generation continues every row at the same column):
-    ``input_ids``, ``attention_mask`` (B, T) and ``pixel_values`` for the rows with an image."""
-    n = max(p["input_ids"].numel() for p in prompts)
-    ids = torch.full((len(prompts), n), pad_token_id, dtype=torch.long)
-    attn = torch.zeros(len(prompts), n, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        k = p["input_ids"].numel()
-        ids[i, n - k:], attn[i, n - k:] = p["input_ids"], 1
-    batch = {"input_ids": ids, "attention_mask": attn}
-    pix = [p["pixel_values"] for p in prompts if "pixel_values" in p]
-    if pix:
-        batch["pixel_values"] = torch.stack(pix)
-    return batch
-
-
 @torch.no_grad()
 def greedy_answers(model, encoder: Encoder, records: Sequence[dict], max_new_tokens: int = 8) -> list[tuple[str, str]]:
     """[(generated answer, reference)] for ``records`` in one left-padded greedy ``generate``."""
     encoded = [encoder.encode_prompt(r) for r in records]
-    batch = left_pad([p for p, _ in encoded], encoder.pad_token_id)
-    device = next(model.parameters()).device
-    kwargs = {k: v.to(device) for k, v in batch.items()}
-    if "pixel_values" in kwargs:
-        kwargs["pixel_values"] = kwargs["pixel_values"].to(next(model.parameters()).dtype)
+    batch = encoder.collate_prompts([p for p, _ in encoded])
     tok = encoder.tokenizer
-    out = model.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
-                         pad_token_id=encoder.pad_token_id)
+    out = model.generate(**model_inputs(batch, model), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=tok.eos_token_id, pad_token_id=encoder.pad_token_id)
     width = batch["input_ids"].shape[1]
     return [(tok.decode(out[i, width:], skip_special_tokens=True).strip(), ref) for i, (_, ref) in enumerate(encoded)]
 
@@ -79,7 +39,8 @@ def greedy_answers(model, encoder: Encoder, records: Sequence[dict], max_new_tok
 def evaluate(model, encoder: Encoder, records: Sequence[dict], scorer: str | Callable[[str, str], float] = "exact_match",
              max_new_tokens: int = 8, *, batch_size: int = 16, progress: bool = False, desc: str = "evaluate",
              before_batch: Callable[[Sequence[dict]], None] | None = None) -> dict:
-    """Mean score over ``records`` and the individual answers [(prediction, reference)], in order.
+    """The task's score over ``records`` (``scorer``: a metric name or a function), the individual
+    answers [(prediction, reference)] in order, and the metric's details (e.g. the caption parts).
 
     Greedy answers, ``batch_size`` prompts per left-padded ``generate`` (the same answers as one by
     one, up to float rounding of padded attention). Under ``torch.distributed`` each rank answers
@@ -87,7 +48,8 @@ def evaluate(model, encoder: Encoder, records: Sequence[dict], scorer: str | Cal
     before each batch's ``generate`` (e.g. to set a routed mixture of experts for its rows)."""
     import torch.distributed as dist
 
-    fn = SCORERS[scorer] if isinstance(scorer, str) else scorer
+    if isinstance(scorer, str) and scorer not in METRICS:
+        raise ValueError(f"metric is {scorer!r}; expected one of {METRICS}")
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     rank = dist.get_rank() if world > 1 else 0
     starts = list(range(0, len(records), batch_size))
@@ -107,21 +69,29 @@ def evaluate(model, encoder: Encoder, records: Sequence[dict], scorer: str | Cal
         dist.all_gather_object(gathered, answers)
         answers = {b0: a for g in gathered for b0, a in g.items()}
     ordered = [a for b0 in starts for a in answers[b0]]
-    scores = [fn(pred, ref) for pred, ref in ordered]
-    return {"score": sum(scores) / len(scores) if scores else float("nan"), "answers": ordered}
+    score, _, details = score_task(scorer, [p for p, _ in ordered], [r for _, r in ordered], records)
+    return {"score": score, "answers": ordered, "details": details}
 
 
 def evaluate_tasks(model, encoder: Encoder, tests: dict[str, Sequence[dict]], settings, *, progress: bool = False,
                    desc: str = "", evaluate_fn: Callable | None = None,
-                   before_batch: Callable[[Sequence[dict]], None] | None = None) -> dict:
+                   before_batch: Callable[[Sequence[dict]], None] | None = None,
+                   metrics: dict[str, str] | None = None) -> dict:
     """``evaluate`` (or ``evaluate_fn``, the caller's binding of it) on every task's test records
-    with the run's ``eval`` settings (``EvalSettings``): {"scores": {task: score}, "examples":
-    {task: first 5 answers}}."""
-    out: dict = {"scores": {}, "examples": {}}
+    with the run's ``eval`` settings (``EvalSettings``) and each task's metric (``metrics``, default
+    ``settings.scorer``): {"scores": {task: score}, "metrics": {task: metric}, "examples": {task: first
+    5 answers}, "details": {task: the metric's parts, where it has them}}."""
+    out: dict = {"scores": {}, "metrics": {}, "examples": {}, "details": {}}
     for name, recs in tests.items():
-        res = (evaluate_fn or evaluate)(model, encoder, recs, settings.scorer, settings.max_new_tokens,
+        metric = (metrics or {}).get(name) or settings.scorer
+        res = (evaluate_fn or evaluate)(model, encoder, recs, metric, settings.max_new_tokens,
                                         batch_size=settings.batch_size, progress=progress, desc=f"{desc}evaluate {name}",
                                         before_batch=before_batch)
         out["scores"][name] = res["score"]
+        out["metrics"][name] = metric
         out["examples"][name] = res["answers"][:5]
+        if res.get("details"):
+            out["details"][name] = res["details"]
+    if not out["details"]:
+        del out["details"]
     return out

@@ -58,10 +58,13 @@ def relative_gain(a, baseline) -> float:
     return float(100.0 * np.mean(a[-1][ok] / b[-1][ok]))
 
 
-def save_matrix(path: str | Path, a, tasks: Sequence[str], baselines: dict[str, np.ndarray] | None = None) -> dict:
-    """Write the matrix, task names, metrics and relative gains (JSON); return the document."""
+def save_matrix(path: str | Path, a, tasks: Sequence[str], baselines: dict[str, np.ndarray] | None = None,
+                task_metrics: dict[str, str] | None = None) -> dict:
+    """Write the matrix, task names (and each task's metric), metrics and relative gains (JSON);
+    return the document."""
     a = _check(a)
-    doc = {"tasks": list(tasks), "accuracy": a.tolist(), "metrics": cl_metrics(a),
+    doc = {"tasks": list(tasks), **({"task_metrics": task_metrics} if task_metrics else {}),
+           "accuracy": a.tolist(), "metrics": cl_metrics(a),
            "relative_gain": {name: relative_gain(a, b) for name, b in (baselines or {}).items()}}
     Path(path).write_text(json.dumps(doc, indent=1))
     return doc

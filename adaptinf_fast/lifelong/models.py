@@ -1,4 +1,12 @@
-"""Loading base models, tokenizers and saved PEFT adapters from local folders only."""
+"""Loading base models, tokenizers, processors and saved PEFT adapters from local folders only.
+
+Any ``transformers`` causal LM (``AutoModelForCausalLM``) or image-text-to-text model
+(``AutoModelForImageTextToText``: LLaVA-1.5 / NeXT / OneVision, Qwen2-VL / 2.5-VL / 3-VL,
+Idefics3 / SmolVLM, Gemma 3, InternVL, ...). A folder with a multimodal processor gets it
+(``processor_for``), and the encoder then goes through it; LLaVA-1.5 folders with only a tokenizer
+keep the built-in expansion. LoRA targets default to the language model's projections, never the
+vision tower or the projector (``default_lora_targets``).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +15,67 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..data.encoder import image_processor_for
+from ..data.processor import is_processor
 
 LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# module-name parts of the vision side of a VLM (tower, projector, merger): LoRA stays off them
+VISION_PARTS = ("vision", "visual", "image_newline", "multi_modal_projector", "mm_projector", "connector", "merger",
+                "patch_embed")
+CONVERT_LLAVA = ("this folder is an original LLaVA checkpoint (the Adapt-∞ release's format, liuhaotian/llava-v1.5-*), "
+                 "which transformers does not load: convert it with transformers' own script, e.g. `python -m "
+                 "transformers.models.llava.convert_llava_weights_to_hf --text_model_id lmsys/vicuna-7b-v1.5 "
+                 "--vision_model_id openai/clip-vit-large-patch14-336 --old_state_dict_id <this checkpoint> "
+                 "--output_hub_path <new folder>`, and point the config at the converted folder")
+
+
+def check_loadable(folder: str | Path) -> None:
+    """Refuse an original (non-transformers) LLaVA checkpoint with how to convert it."""
+    cfg = Path(folder) / "config.json"
+    if not cfg.exists():
+        return
+    doc = json.loads(cfg.read_text())
+    archs = doc.get("architectures") or []
+    if "mm_vision_tower" in doc or any(a in ("LlavaLlamaForCausalLM", "LlavaMistralForCausalLM", "LlavaMptForCausalLM")
+                                       for a in archs):
+        raise ValueError(f"{folder}: {CONVERT_LLAVA}")
+
+
+def is_multimodal(config) -> bool:
+    return getattr(config, "vision_config", None) is not None
+
+
+def model_class(config):
+    """The transformers class of a config: image-text-to-text for a VLM, else a causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText if is_multimodal(config) else AutoModelForCausalLM
+
+
+def processor_for(folder: str | Path) -> Any:
+    """The folder's multimodal processor (``AutoProcessor``), or None (text-only, or a LLaVA-1.5
+    folder with only a tokenizer and maybe an image processor)."""
+    folder = Path(folder)
+    if not any((folder / f).exists() for f in ("processor_config.json", "preprocessor_config.json")):
+        return None
+    from transformers import AutoProcessor
+
+    try:
+        proc = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return proc if is_processor(proc) else None
+
+
+def default_lora_targets(model) -> Any:
+    """The language model's projections (q/k/v/o, gate/up/down): a list of names for a text-only
+    model, a regex excluding the vision side for a VLM (``VISION_PARTS``)."""
+    cfg = getattr(model, "config", None)
+    names = "|".join(LLM_PROJECTIONS)
+    if getattr(cfg, "model_type", "") == "llava":  # the form earlier adapters were saved with
+        return rf".*language_model.*\.({names})"
+    if cfg is not None and is_multimodal(cfg):
+        return rf"(?!.*({'|'.join(VISION_PARTS)})).*\.({names})"
+    return list(LLM_PROJECTIONS)
 
 
 def load_peft_model(adapter_dir: str | Path, tokenizer_dir: str | Path | None = None):
@@ -16,7 +83,7 @@ def load_peft_model(adapter_dir: str | Path, tokenizer_dir: str | Path | None = 
     the base model is read from the adapter's ``base_model_name_or_path`` (a local folder: nothing
     is downloaded). LLaVA bases load as ``LlavaForConditionalGeneration``, others as causal LMs."""
     from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlavaForConditionalGeneration
+    from transformers import AutoConfig, AutoTokenizer
 
     adapter_dir = Path(adapter_dir)
     cfg_file = adapter_dir / "adapter_config.json"
@@ -25,15 +92,16 @@ def load_peft_model(adapter_dir: str | Path, tokenizer_dir: str | Path | None = 
     base = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
     if not base or not Path(base).exists():
         raise FileNotFoundError(f"the adapter's base model {base!r} is not a local folder")
+    check_loadable(base)
     config = AutoConfig.from_pretrained(base, local_files_only=True)
-    cls = LlavaForConditionalGeneration if config.model_type == "llava" else AutoModelForCausalLM
-    model = PeftModel.from_pretrained(cls.from_pretrained(base, local_files_only=True), adapter_dir)
+    model = PeftModel.from_pretrained(model_class(config).from_pretrained(base, local_files_only=True), adapter_dir)
     tokenizer = None
     for folder in [tokenizer_dir, adapter_dir, base]:
         if folder is not None and any((Path(folder) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             break
-    return model, tokenizer, image_processor_for(base)
+    processor = processor_for(base) if is_multimodal(config) else None
+    return model, tokenizer, processor if processor is not None else image_processor_for(base)
 
 
 def pick_device(setting: str = "auto"):
@@ -58,14 +126,53 @@ def base_loader(model: dict) -> Callable[[], tuple[Any, Any]]:
 
     def load():
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlavaForConditionalGeneration
+        from transformers import AutoConfig, AutoTokenizer
 
+        check_loadable(model["base"])
         device = pick_device(model.get("device", "auto"))
         dtype = getattr(torch, model.get("dtype") or ("bfloat16" if device.type == "cuda" else "float32"))
         config = AutoConfig.from_pretrained(model["base"], local_files_only=True)
-        cls = LlavaForConditionalGeneration if config.model_type == "llava" else AutoModelForCausalLM
-        net = cls.from_pretrained(model["base"], local_files_only=True, dtype=dtype).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(model.get("tokenizer") or model["base"], local_files_only=True)
-        return net, tokenizer, image_processor_for(model["base"])
+        net = model_class(config).from_pretrained(model["base"], local_files_only=True, dtype=dtype).to(device)
+        processor = processor_for(model["base"]) if is_multimodal(config) else None
+        if model.get("tokenizer") or processor is None:
+            tokenizer = AutoTokenizer.from_pretrained(model.get("tokenizer") or model["base"], local_files_only=True)
+        else:
+            tokenizer = processor.tokenizer
+        return net, tokenizer, processor if processor is not None else image_processor_for(model["base"])
 
     return load
+
+
+def describe(folder: str | Path) -> dict:
+    """What ``adaptinf-fast info --model`` reports for a model folder: family, class, processor,
+    the image-token policy and the default LoRA targets (counted on a meta-device copy)."""
+    import re
+
+    import torch
+    from transformers import AutoConfig
+
+    check_loadable(folder)
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    cls = model_class(config)
+    with torch.device("meta"):
+        net = cls.from_config(config)
+    targets = default_lora_targets(net)
+    linear = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
+    if isinstance(targets, str):
+        hit = [n for n in linear if re.fullmatch(targets, n)]
+    else:
+        hit = [n for n in linear if n.split(".")[-1] in targets]
+    processor = processor_for(folder) if is_multimodal(config) else None
+    if processor is not None:
+        policy = (f"{type(processor).__name__}: renders with its chat template and expands each image itself "
+                  f"(placeholder {getattr(processor, 'image_token', '<image>')!r})")
+    elif is_multimodal(config):
+        vision = config.vision_config
+        policy = (f"no processor: <image> expands to (image_size / patch_size)^2 = "
+                  f"{(vision.image_size // vision.patch_size) ** 2} tokens, images resized to {vision.image_size}^2")
+    else:
+        policy = "text only"
+    return {"family": config.model_type, "class": cls.__name__ if hasattr(cls, "__name__") else str(cls),
+            "model": type(net).__name__, "processor": type(processor).__name__ if processor is not None else None,
+            "image_tokens": policy, "lora_targets": targets, "lora_layers": len(hit),
+            "lora_examples": hit[:3], "vision_layers_targeted": sum(any(v in n for v in VISION_PARTS) for n in hit)}

@@ -44,6 +44,7 @@ def reapply_merge(run_dir: str | Path, method: str, load_base: Callable[[], tupl
     cfg = RunConfig.model_validate({**doc["config"], "strategy": strategy,
                                     "merge": {"density": density, "lam": lam, "keep": keep, "clamp": clamp}})
     names = [t["name"] for t in doc["tasks"]]
+    task_metrics = {t["name"]: t.get("metric") or cfg.eval.scorer for t in doc["tasks"]}
     missing = [n for n in names if not (run_dir / "data" / f"{n}-test.jsonl").exists()]
     if missing:
         raise FileNotFoundError(f"{run_dir} has no saved test records for {missing} (runs before this version)")
@@ -68,7 +69,8 @@ def reapply_merge(run_dir: str | Path, method: str, load_base: Callable[[], tupl
     for t in range(1, len(names) + 1):
         adapters.append(load_peft_weights(str(StageDir(pool, t).adapter)))
         set_peft_model_state_dict(model, merge_adapters(adapters, method, cfg.merge, scale, next(model.parameters()).device))
-        scores = evaluate_tasks(model, encoder, tests, cfg.eval, progress=progress, desc=f"stage {t}: ")["scores"]
+        scores = evaluate_tasks(model, encoder, tests, cfg.eval, progress=progress, desc=f"stage {t}: ",
+                                metrics=task_metrics)["scores"]
         row = [scores[n] for n in names]
         rows.append(row)
         say(f"stage {t}: merged {t} adapter(s) ({method}): " + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, row)))
@@ -79,7 +81,7 @@ def reapply_merge(run_dir: str | Path, method: str, load_base: Callable[[], tupl
     from .run import chance_level
 
     summary = {"strategy": strategy, "source": str(run_dir), "tasks": names, "accuracy": a.tolist(),
-               "metrics": matrix["metrics"], "chance": {n: chance_level(tests[n]) for n in names},
+               "metrics": matrix["metrics"], "chance": {n: chance_level(tests[n], task_metrics[n]) for n in names},
                "merge": cfg.merge.model_dump()}
     write_json(target / "summary.json", summary)
     return summary

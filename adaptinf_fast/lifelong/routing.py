@@ -5,7 +5,8 @@ HiDe-LLaVA's code computes them: the image part is ``CLIPVisionModelWithProjecti
 ``image_embeds`` (projected), the text part ``CLIPTextModel``'s ``pooler_output`` (the EOS token's
 hidden state, unprojected) of the record's first instruction (the first human turn without its
 ``<image>``), at most 77 tokens; a record without an image takes the features of an all-zero pixel
-tensor, as that code's training does. Without a CLIP folder the model's own features stand in
+tensor, as that code's training does, and a multi-image record the mean of its images' (HiDe's
+records hold one image). Without a CLIP folder the model's own features stand in
 (our deviation, for models without a CLIP beside them): the prompt's input embeddings mean-pooled,
 and the mean projected image feature of a LLaVA model (zeros without an image); both are centred
 on the anchors' mean before comparing, since prompts share most of their tokens.
@@ -25,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from ..data.encoder import IMAGE_PLACEHOLDER, ROLES
+from ..data.encoder import IMAGE_PLACEHOLDER, ROLES, model_inputs
 
 MODALITIES = ("image", "text")
 CLIP_TEXT_TOKENS = 77
@@ -81,21 +82,30 @@ class ClipFeatures:
         return self.text(input_ids=ids, attention_mask=mask).pooler_output.float()
 
     def _image(self, records: Sequence[dict]) -> torch.Tensor:
+        """(N, D) ``image_embeds``: of the record's image; the mean over a multi-image record's images
+        (HiDe's records hold one); of all-zero pixels for a record without one."""
         from PIL import Image
 
-        pixels, where = [], []
+        pixels, owner = [], []
         for i, rec in enumerate(records):
-            if rec.get("image"):
-                path = Path(rec["image"])
+            paths = rec.get("image") or []
+            for p in [paths] if isinstance(paths, str) else paths:
+                path = Path(p)
                 path = self.image_root / path if self.image_root is not None and not path.is_absolute() else path
                 with Image.open(path) as im:
                     pixels.append(im.convert("RGB"))
-                where.append(i)
+                owner.append(i)
         size = self.vision.config.image_size
-        batch = torch.zeros(len(records), 3, size, size)  # a record without an image: all-zero pixels
+        seen = set(owner)
+        blank = [i for i in range(len(records)) if i not in seen]
+        batch = torch.zeros(len(pixels) + len(blank), 3, size, size)  # no image: all-zero pixels
         if pixels:
-            batch[where] = self.images(images=pixels, return_tensors="pt")["pixel_values"].float()
-        return self.vision(pixel_values=batch.to(self.device, self.vision.dtype)).image_embeds.float()
+            batch[: len(pixels)] = self.images(images=pixels, return_tensors="pt")["pixel_values"].float()
+        embeds = self.vision(pixel_values=batch.to(self.device, self.vision.dtype)).image_embeds.float()
+        index = torch.tensor(owner + blank, device=embeds.device)
+        sums = torch.zeros(len(records), embeds.shape[1], device=embeds.device).index_add_(0, index, embeds)
+        counts = torch.zeros(len(records), device=embeds.device).index_add_(0, index, torch.ones_like(index, dtype=torch.float32))
+        return sums / counts[:, None]
 
     @torch.no_grad()
     def __call__(self, records: Sequence[dict], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -111,12 +121,21 @@ class ModelFeatures:
     def __init__(self, model, encoder):
         self.model, self.encoder = model, encoder
 
-    def _image(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
+    def _image(self, prompt: dict) -> torch.Tensor | None:
+        """The mean image feature of a prompt's images through the model's ``get_image_features``
+        (with whatever image inputs the encoder gives, e.g. ``image_grid_thw``), or None."""
         fn = getattr(self.model, "get_image_features", None)
         if fn is None:
             return None
-        param = next(self.model.parameters())
-        out = fn(pixel_values=pixel_values.unsqueeze(0).to(param.device, param.dtype))
+        batch = model_inputs(self.encoder.collate_prompts([prompt]), self.model)
+        image_inputs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "token_type_ids",
+                                                                     "mm_token_type_ids")}
+        if not image_inputs:
+            return None
+        try:
+            out = fn(**image_inputs)
+        except TypeError:  # a model whose image features need more than its image inputs: text alone
+            return None
         feats = getattr(out, "pooler_output", None)
         if feats is None:
             feats = out[0] if isinstance(out, tuple) and not torch.is_tensor(out) else out
@@ -133,7 +152,7 @@ class ModelFeatures:
             ids = torch.as_tensor(prompt["input_ids"], device=emb.weight.device).reshape(-1)
             ids = ids[ids < emb.num_embeddings]  # image placeholders of a LLaVA prompt have no text row
             texts.append(emb(ids).float().mean(0))
-            img = self._image(prompt["pixel_values"]) if "image" in modalities and "pixel_values" in prompt else None
+            img = self._image(prompt) if "image" in modalities and ("pixel_values" in prompt or prompt.get("_images")) else None
             images.append(img)
         out = {}
         if "text" in modalities:
@@ -167,8 +186,9 @@ class TaskRouter:
         return len(self.counts)
 
     def features(self, records: Sequence[dict], batch_size: int = 64) -> dict[str, torch.Tensor]:
+        """{modality: (N, D_m) float32} on the source's device (the model's, or the CLIP's)."""
         parts = [self.source(records[i : i + batch_size], self.modalities) for i in range(0, len(records), batch_size)]
-        return {m: torch.cat([p[m] for p in parts]).float().cpu() for m in self.modalities}
+        return {m: torch.cat([p[m] for p in parts]).float() for m in self.modalities}
 
     def observe(self, task: int, records: Sequence[dict]) -> None:
         """Adds ``records`` (of task ``task``: 0, 1, ... in order) to that task's running mean."""
@@ -181,8 +201,22 @@ class TaskRouter:
             self.sums.append({m: torch.zeros(feats[m].shape[1]) for m in self.modalities})
             self.counts.append(0)
         for m in self.modalities:
-            self.sums[task][m] += feats[m].sum(0)
+            self.sums[task][m] += feats[m].sum(0).cpu()  # anchors live on the CPU (saved with the stage)
         self.counts[task] += len(records)
+
+    def set_anchor(self, task: int, anchor: dict[str, torch.Tensor]) -> None:
+        """Sets task ``task``'s anchor (a new task appends) to given (D_m,) vectors per modality, for
+        strategies whose anchors are learned prototypes rather than running means (ModalPrompt)."""
+        if task > self.tasks:
+            raise ValueError(f"task {task} set before task {self.tasks}")
+        if set(anchor) != set(self.modalities):
+            raise ValueError(f"an anchor needs {list(self.modalities)}; got {sorted(anchor)}")
+        state = {m: anchor[m].detach().float().cpu().reshape(-1) for m in self.modalities}
+        if task == self.tasks:
+            self.sums.append(state)
+            self.counts.append(1)
+        else:
+            self.sums[task], self.counts[task] = state, 1
 
     def anchors(self) -> dict[str, torch.Tensor]:
         """(tasks, D_m) running means per modality."""
@@ -191,11 +225,13 @@ class TaskRouter:
         return {m: torch.stack([s[m] / c for s, c in zip(self.sums, self.counts)]) for m in self.modalities}
 
     def similarity(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(N, tasks): the mean over modalities of cos(feature, anchor), in one GEMM."""
+        """(N, tasks): the mean over modalities of cos(feature, anchor), in one GEMM on the features'
+        device."""
         anchors = self.anchors()
         rows, cols = [], []
         for m in self.modalities:
-            f, a = feats[m].float(), anchors[m].float()
+            f = feats[m].float()
+            a = anchors[m].to(f.device, torch.float32)
             if self.source.centred:
                 centre = a.mean(0)
                 f, a = f - centre, a - centre
@@ -204,7 +240,7 @@ class TaskRouter:
         return torch.cat(rows, 1) @ torch.cat(cols, 1).T / len(self.modalities)
 
     def weights(self, records: Sequence[dict]) -> torch.Tensor:
-        """(N, tasks) softmax(similarity / temperature) float32."""
+        """(N, tasks) softmax(similarity / temperature) float32, on the features' device."""
         return torch.softmax(self.similarity(self.features(records)) / self.temperature, dim=1)
 
     def state_dict(self) -> dict:

@@ -40,7 +40,8 @@ from ..data.encoder import Encoder, encode_many
 from ..data.llava import read_llava_json, validate_records
 from .config import RunConfig, StageConfig
 from . import strategies
-from .evaluate import SCORERS, evaluate, evaluate_tasks, normalize_answer
+from .evaluate import evaluate, evaluate_tasks, normalize_answer
+from .scoring import score_task
 from .metrics import plot_matrix, save_matrix
 from .pool import PoolStore
 from .steps import STEPS, Context, StageDir, run_steps
@@ -60,6 +61,7 @@ class Task:
     test: Any = None
     images: str | None = None
     overrides: dict = field(default_factory=dict)
+    metric: str | None = None  # the task's evaluation metric (scoring.METRICS); default: eval.scorer
 
 
 def _records(src: Any, images: str | None, what: str) -> list[dict]:
@@ -78,15 +80,21 @@ def _records(src: Any, images: str | None, what: str) -> list[dict]:
     for r in recs:  # absolute image paths: the pool mixes datasets with different image folders
         r = dict(r)
         if r.get("image") and root is not None:
-            r["image"] = str((root / r["image"]).resolve())
+            absolute = [str((root / x).resolve()) for x in ([r["image"]] if isinstance(r["image"], str) else r["image"])]
+            r["image"] = absolute[0] if isinstance(r["image"], str) else absolute
         out.append(r)
     return out
 
 
-def chance_level(records: Sequence[dict]) -> float:
-    """Accuracy of the best constant answer on ``records`` (the majority answer's share)."""
-    answers = Counter(normalize_answer(r["conversations"][-1]["value"]) for r in records)
-    return max(answers.values()) / len(records) if records else float("nan")
+def chance_level(records: Sequence[dict], metric: str = "exact_match") -> float:
+    """The score of answering every record with its task's most common answer (under exact match:
+    the majority answer's share), by the task's metric."""
+    if not records:
+        return float("nan")
+    refs = [r["conversations"][-1]["value"] for r in records]
+    common = Counter(normalize_answer(a) for a in refs).most_common(1)[0][0]
+    constant = next(a for a in refs if normalize_answer(a) == common)
+    return score_task(metric, [constant] * len(refs), refs, records)[0]
 
 
 def _init_distributed():
@@ -141,7 +149,8 @@ class LifelongRun:
             tests[task.name] = _records(task.test, task.images, f"task {task.name!r} test")[: self.cfg.eval.limit]
         if self.rank == 0:
             doc = {"tasks": [{"name": t.name, "train": source(t.train), "test": source(t.test), "images": t.images,
-                              "overrides": t.overrides} for t in self.tasks], "config": self.cfg.model_dump(),
+                              "overrides": t.overrides, **({"metric": t.metric} if t.metric else {})}
+                             for t in self.tasks], "config": self.cfg.model_dump(),
                    **({"model": self.model_info} if self.model_info else {})}
             write_json(self.out / "run.json", doc)
             for task in self.tasks:
@@ -235,7 +244,7 @@ class LifelongRun:
             tc = c.train.model_copy(update={"seed": c.train.seed + sd.t, "pad_token_id": encoder.pad_token_id})
             with self.strategy.training(sd.t):
                 res = train_lora(model, items, tc, ckpt_dir=sd.train_ckpt, progress=self.progress,
-                                 log_dir=self.out / "logs" / f"stage-{sd.t:03d}")
+                                 log_dir=self.out / "logs" / f"stage-{sd.t:03d}", collate_fn=encoder.collate)
             self._save_adapter(model, sd)
             return {"samples": len(items), "skipped": len(skipped), "steps": res["steps"],
                     "final_loss": round(res["losses"][-1], 4) if res["losses"] else None}
@@ -247,7 +256,7 @@ class LifelongRun:
                 self.strategy.deploy(model, encoder, sd)
             route = self.strategy.use(model, sd)
             doc.update(evaluate_tasks(model, encoder, tests, c.eval, progress=self.progress, evaluate_fn=evaluate,
-                                      before_batch=route))
+                                      before_batch=route, metrics={t.name: t.metric for t in self.tasks if t.metric}))
             doc.update(self.strategy.report(sd, tests))
             doc["seconds"] = round(time.perf_counter() - t0, 3)
             if self.rank == 0:
@@ -321,16 +330,18 @@ class LifelongRun:
             if other["tasks"] != names:
                 raise ValueError(f"baseline {name!r} ran tasks {other['tasks']}, this run {names}")
             baselines[name] = np.array(other["accuracy"])
-        doc = save_matrix(self.out / "accuracy.json", a, names, baselines)
+        task_metrics = {t.name: t.metric or self.cfg.eval.scorer for t in self.tasks}
+        doc = save_matrix(self.out / "accuracy.json", a, names, baselines, task_metrics=task_metrics)
         plot_matrix(self.out / "accuracy.png", a, names, title=f"{self.cfg.selection.method}, {self.cfg.strategy}: score after each stage")
         from .plots import write_plots
 
         plots = write_plots(self.out / "pool", self.out / "plots")
         routing = {r["stage"]: r["routing"] for r in rows if "routing" in r}
         summary = {"method": self.cfg.selection.method, "strategy": self.cfg.strategy, "tasks": names,
+                   "task_metrics": task_metrics,
                    **({"routing": routing} if routing else {}), "accuracy": a.tolist(), "metrics": doc["metrics"],
                    "relative_gain": doc["relative_gain"],
-                   "chance": {n: chance_level(tests[n]) for n in names}, "stages": stages,
+                   "chance": {n: chance_level(tests[n], task_metrics[n]) for n in names}, "stages": stages,
                    "trained_samples": sum(s["trained_on"] or 0 for s in stages),
                    "final_pool": stages[-1]["pool_after"], "plots": [str(p) for p in plots] + [str(self.out / "accuracy.png")]}
         write_json(self.out / "summary.json", summary)

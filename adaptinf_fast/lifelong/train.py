@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,10 +74,13 @@ def _token_nll_sum(model, batch: dict) -> torch.Tensor:
 
 
 def train_lora(model, items: Sequence[dict], cfg: TrainConfig, *, ckpt_dir: str | Path | None = None,
-               progress: bool = True, log_dir: str | Path | None = None, _stop_after_step: int | None = None) -> dict:
+               progress: bool = True, log_dir: str | Path | None = None, collate_fn: Callable | None = None,
+               _stop_after_step: int | None = None) -> dict:
     """Train ``model``'s trainable (LoRA) parameters on encoded ``items`` (``input_ids``, ``labels``,
-    optional ``pixel_values``). Returns {"steps", "losses" (per optimizer step, over all processes)}.
-    ``_stop_after_step`` (tests) interrupts after that step as a crash would, after its checkpoint."""
+    image inputs). ``collate_fn``: how items become a batch (the encoder's ``collate``; default: the
+    plain padding of ``data.encoder.collate``). Returns {"steps", "losses" (per optimizer step, over
+    all processes)}. ``_stop_after_step`` (tests) interrupts after that step as a crash would, after
+    its checkpoint."""
     from transformers import get_cosine_schedule_with_warmup
 
     if not items:
@@ -140,7 +143,9 @@ def train_lora(model, items: Sequence[dict], cfg: TrainConfig, *, ckpt_dir: str 
                 scale = world / len(group) / max(n_tokens, 1)
                 if not mine:  # fewer samples than processes: take part in the all-reduce with zero loss
                     mine, scale = idx[:1], 0.0
-                batch = {k: v.to(device) for k, v in collate([items[i] for i in mine], cfg.pad_token_id).items()}
+                picked = [items[i] for i in mine]
+                batch = collate_fn(picked) if collate_fn is not None else collate(picked, cfg.pad_token_id)
+                batch = {k: v.to(device) for k, v in batch.items()}
                 sync = acc.no_sync(wrapped) if j < len(group) - 1 and world > 1 else contextlib.nullcontext()
                 with sync, acc.autocast():
                     loss = _token_nll_sum(wrapped, batch) * scale

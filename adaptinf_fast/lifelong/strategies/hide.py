@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..._io import write_json
+from ...data.encoder import model_inputs
 from ...ops.cka import linear_cka
 from ..experts import ExpertLoRA, Fused, OneHot, Soft
 from ..routing import build_router
@@ -33,16 +34,13 @@ from .base import Strategy
 @torch.no_grad()
 def layer_means(model, encoder, records: list[dict]) -> list[torch.Tensor]:
     """Per decoder layer, (N, H) float32 prompt-pooled hidden states (CKA's inputs)."""
-    device = next(model.parameters()).device
     per_layer: list[list[torch.Tensor]] = []
     was = model.training
     model.eval()
     try:
         for rec in records:
             prompt, _ = encoder.encode_prompt(rec)
-            kw = {k: torch.as_tensor(v).unsqueeze(0).to(device) for k, v in prompt.items() if k in ("input_ids", "pixel_values")}
-            if "pixel_values" in kw:
-                kw["pixel_values"] = kw["pixel_values"].to(next(model.parameters()).dtype)
+            kw = model_inputs(encoder.collate_prompts([prompt]), model)
             hidden = model(**kw, output_hidden_states=True).hidden_states[1:]
             if not per_layer:
                 per_layer = [[] for _ in hidden]
