@@ -77,3 +77,38 @@ def test_dtypes_scores_weights_and_unfitted():
         KMeans(2, init=lambda *a: None).fit(x)
     with pytest.raises(ValueError, match="Negative values in data passed to `sample_weight`"):
         KMeans(2).fit(x, sample_weight=-w)
+
+
+def test_feature_names_out_and_pandas_output():
+    pd = pytest.importorskip("pandas")
+    x, _ = make_blobs(120, centers=3, n_features=4, random_state=0)
+    km = KMeans(3, random_state=0).fit(x)
+    assert list(km.get_feature_names_out()) == ["kmeans0", "kmeans1", "kmeans2"]
+    out = make_pipeline(StandardScaler(), MiniBatchKMeans(3, random_state=0)).set_output(transform="pandas").fit_transform(x)
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == ["minibatchkmeans0", "minibatchkmeans1", "minibatchkmeans2"]
+
+
+def test_partial_fit_streams_to_the_running_means():
+    x, y = make_blobs(600, centers=3, n_features=4, cluster_std=0.3, center_box=(-20, 20), random_state=3)
+    km = MiniBatchKMeans(3, random_state=0)
+    for chunk in np.array_split(np.arange(600), 5):
+        km.partial_fit(x[chunk])
+    assert km.n_steps_ == 5 and km.labels_.shape == (120,) and km.n_features_in_ == 4
+    # separated blobs: every point goes to its blob's centre, so each centre is its blob's exact mean
+    want = np.stack([x[y == c].mean(0) for c in range(3)])
+    got = km.cluster_centers_[[np.argmin(((km.cluster_centers_ - w) ** 2).sum(1)) for w in want]]
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(km.predict(x), km.predict(want)[y])
+    with pytest.raises(ValueError, match="features"):
+        km.partial_fit(x[:10, :3])
+    w = np.where(np.arange(120) < 60, 2.0, 0.0)  # weights: a doubled half and an ignored half
+    a = MiniBatchKMeans(3, init=want + 1).partial_fit(x[:120], sample_weight=w)
+    b = MiniBatchKMeans(3, init=want + 1).partial_fit(x[:60])
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-6)
+    assert a.inertia_ == pytest.approx(2 * b.inertia_, rel=1e-6)
+
+
+def test_explicit_init_with_several_runs_warns_as_scikit_learn():
+    x, _ = make_blobs(60, centers=2, n_features=3, random_state=0)
+    with pytest.warns(RuntimeWarning, match="performing only one init"):
+        KMeans(2, init=x[:2], n_init=3).fit(x)

@@ -11,9 +11,13 @@ helpers. Differences, all deliberate:
   greedy k-means++, empty clusters re-seeded), in **float32**: float64 input is validated as float64,
   clustered as float32, and the results are returned in the input's dtype (``cluster_centers_``,
   ``transform``, ``score`` in float64 for float64 input, computed from the centres in float64).
-* ``MiniBatchKMeans`` runs full-batch Lloyd iterations (exact, and on a GPU faster than
+* ``MiniBatchKMeans.fit`` runs full-batch Lloyd iterations (exact, and on a GPU faster than
   mini-batches on a CPU): ``batch_size``, ``max_no_improvement``, ``reassignment_ratio`` and
-  ``compute_labels`` are accepted and have no effect; the result is the full-batch optimum.
+  ``compute_labels`` are accepted and have no effect there; the result is the full-batch optimum.
+  ``partial_fit`` is scikit-learn's streaming update: the first call seeds the centres from its
+  batch, every call moves each centre to the (weighted) mean of everything assigned to it so far
+  (per-centre learning rate count / (count + batch mass), as scikit-learn's mini-batch step); the
+  random reassignment of starved centres (``reassignment_ratio``) is not done.
 * Dense input only (``sparse=False`` in the tags); ``copy_x`` and ``algorithm`` are accepted (the
   input is never modified; Lloyd is the only algorithm); ``init`` can be a string or an array, not
   a callable.
@@ -22,6 +26,7 @@ helpers. Differences, all deliberate:
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral, Real
 from typing import Any
 
@@ -98,7 +103,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         if isinstance(self.tol, bool) or not isinstance(self.tol, Real) or self.tol < 0:
             raise ValueError(f"The 'tol' parameter must be a float >= 0; got {self.tol!r}.")
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
-        return _Core(k, metric=self.metric, n_init=self._runs() if isinstance(init, str) else 1,
+        runs = self._runs()
+        if not isinstance(init, str) and runs != 1:
+            warnings.warn(f"Explicit initial center position passed: performing only one init in "
+                          f"{type(self).__name__} instead of n_init={runs}.", RuntimeWarning, stacklevel=3)
+        return _Core(k, metric=self.metric, n_init=runs if isinstance(init, str) else 1,
                      max_iter=_positive_int(self.max_iter, "max_iter"), tol=float(self.tol), init=init, seed=seed,
                      backend=self.backend, device=self.device, progress=bool(self.verbose))
 
@@ -116,6 +125,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         self.labels_ = core.labels_.cpu().numpy().astype(np.int32)
         self.inertia_ = float(core.inertia_)
         self.n_iter_ = int(core.n_iter_)
+        self._n_features_out = self.cluster_centers_.shape[0]  # get_feature_names_out: one per centre
         return self
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
@@ -207,6 +217,52 @@ class MiniBatchKMeans(KMeans):
         if self.init_size is not None:
             core.init_size = _positive_int(self.init_size, "init_size")
         return core
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "MiniBatchKMeans":
+        super().fit(X, sample_weight=sample_weight)
+        self._counts = np.bincount(self.labels_, weights=_weights(sample_weight, self._checked(X)),
+                                   minlength=self.cluster_centers_.shape[0]).astype(self.cluster_centers_.dtype)
+        self.n_steps_ = self.n_iter_
+        return self
+
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "MiniBatchKMeans":
+        """One streaming update with the batch X (N, D): the first call (on an unfitted estimator)
+        seeds the centres from X as ``fit`` would and counts X; later calls assign X to the nearest
+        centre and move each centre to the weighted mean of all it was given so far, its learning
+        rate batch mass / (count + batch mass). ``labels_`` and ``inertia_`` are X's."""
+        import torch
+
+        first = not hasattr(self, "cluster_centers_")
+        X = validate_data(self, X, accept_sparse=False, dtype=_DTYPES, order="C", reset=first)
+        weights = _weights(sample_weight, X)
+        w = np.ones(X.shape[0], X.dtype) if weights is None else weights.astype(X.dtype, copy=False)
+        if first:
+            self._n_features_out = _positive_int(self.n_clusters, "n_clusters")
+            core = self._core(X)
+            core.max_iter = 1  # seeding, then one assignment: the batch's own centres start the stream
+            core.fit(torch.from_numpy(X.astype(np.float32, copy=False)),
+                     sample_weight=None if weights is None else torch.from_numpy(weights.astype(np.float32)))
+            self.cluster_centers_ = core.cluster_centers_.cpu().numpy().astype(X.dtype)
+            self._counts = np.zeros(self.cluster_centers_.shape[0], X.dtype)
+            self.n_steps_ = 0
+        centers = self.cluster_centers_.astype(X.dtype, copy=False)
+        d = euclidean_distances(self._space(X), centers, squared=True)
+        labels = d.argmin(1)
+        mass = np.bincount(labels, weights=w, minlength=len(centers)).astype(X.dtype)
+        sums = np.zeros_like(centers)
+        np.add.at(sums, labels, self._space(X) * w[:, None])
+        hit = mass > 0
+        counts = self._counts + mass
+        centers = centers.copy()
+        centers[hit] = (centers[hit] * self._counts[hit, None] + sums[hit]) / counts[hit, None]
+        if self.metric == "cosine":  # spherical: the centres stay unit rows
+            centers = self._space(centers)
+        self.cluster_centers_, self._counts = centers, counts
+        self.labels_ = labels.astype(np.int32)
+        self.inertia_ = float((d[np.arange(len(labels)), labels] * w).sum())
+        self.n_steps_ += 1
+        self.n_iter_ = self.n_steps_
+        return self
 
 
 __all__ = ["KMeans", "MiniBatchKMeans"]
