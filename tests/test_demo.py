@@ -91,3 +91,22 @@ def test_a_multi_image_task_and_a_caption_task_run_in_the_demo(tmp_path):
     assert stage2["scores"]["captions"] == pytest.approx(parts["mean"])
     records = [json.loads(line) for line in (out / "adaptinf" / "data" / "pairs-train.jsonl").read_text().splitlines()]
     assert all(len(r["image"]) == 2 for r in records)
+
+
+def test_copa_and_hide_with_the_clip_router_run_in_the_demo(tmp_path):
+    """`--compare merge:copa,hide` end to end: CoPA merges after every stage, HiDe routes with the
+    tiny CLIP the demo trains (its folder recorded), routing accuracy per task in [0, 1]."""
+    out = tmp_path / "strategies"
+    assert cli.main(["demo", "--tasks", "colours,successor", "--n-train", "16", "--n-test", "8", "--pretrain-epochs",
+                     "1", "--epochs", "1", "--budget", "12", "--pool-budget", "20", "--k", "2", "--out-dim", "64",
+                     "--compare", "merge:copa,hide", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["runs"]) == {"adaptinf", "merge:copa", "hide"}
+    copa = json.loads((out / "strategy-merge-copa" / "summary.json").read_text())
+    assert copa["strategy"] == "merge:copa" and len(copa["accuracy"]) == 3
+    hide = json.loads((out / "strategy-hide" / "summary.json").read_text())
+    assert hide["strategy"] == "hide" and set(hide["routing"]) == {"1", "2"}  # after each stage
+    assert set(hide["routing"]["1"]) == {"colours"} and set(hide["routing"]["2"]) == {"colours", "successor"}
+    assert all(0.0 <= v <= 1.0 for v in hide["routing"]["2"].values())
+    record = json.loads((out / "strategy-hide" / "pool" / "stages" / "stage-002" / "hide.json").read_text())
+    assert record["router"]["clip"] == str(out / "clip") and (out / "clip" / "config.json").exists()

@@ -173,3 +173,11 @@ def test_rank_must_split_into_the_experts():
     mixed, _ = models()
     with pytest.raises(ValueError, match="not a multiple of 4 experts"):
         ExpertLoRA(mixed, 4)
+
+
+def test_layer_index_counts_the_language_models_blocks_only():
+    from adaptinf_fast.lifelong.experts import layer_of
+
+    assert layer_of("base_model.model.model.language_model.layers.3.self_attn.q_proj") == 3
+    assert layer_of("base_model.model.model.vision_tower.vision_model.encoder.layers.23.self_attn.q_proj") is None
+    assert layer_of("base_model.model.model.visual.blocks.0.attn.qkv") is None and layer_of("lm_head") is None

@@ -33,9 +33,14 @@ _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
 def layer_of(name: str) -> int | None:
-    """Decoder-layer index of a module or weight name (None outside a ``layers.N`` block)."""
+    """Decoder-layer index of a module or weight name: None outside a ``layers.N`` block and on the
+    vision side of a VLM (its tower's blocks are numbered too, but the depth is the language model's)."""
+    from .models import VISION_PARTS
+
     m = _LAYER.search(name)
-    return int(m.group(1)) if m else None
+    if m is None or any(part in name for part in VISION_PARTS):
+        return None
+    return int(m.group(1))
 
 
 @dataclass(frozen=True)
