@@ -18,11 +18,11 @@
 #   pydantic-core 2.50.5      pydantic's compiled core, the exact version pydantic pins (cp312 .so).
 #   annotated-types 0.8.0     imported by pydantic at import time; no requirements.
 #   typing-inspection 0.4.5   imported by pydantic at import time; needs typing-extensions>=4.15.
-#     typing-extensions is in the image and is not carried. pydantic declares >=4.16.0; it was seen
-#     to import and validate with 4.14.1, 4.15.0 and 4.16.0 and to fail with 4.12.2 (no
-#     typing_extensions.Sentinel). Should the image's be older than 4.14.1, run this script with
-#     WITH_TYPING_EXTENSIONS=1 to carry 4.16.0 as well (it then shadows the image's on PYTHONPATH;
-#     newer typing-extensions keeps the older API).
+#   typing-extensions 4.16.0  pydantic declares >=4.16.0 and fails below 4.14.1 (no
+#                             typing_extensions.Sentinel); the image's version is not known to be new
+#                             enough, so it is carried (45 KiB; it shadows the image's on PYTHONPATH,
+#                             and newer typing-extensions keeps the older API). WITHOUT_TYPING_EXTENSIONS=1
+#                             leaves it out.
 #   flash-kmeans 0.3.1        GPU k-means baseline (Triton kernels, torch fallback). Requires-Dist:
 #                             torch, triton, numpy, tqdm: all in the image.
 #   fastkmeans 0.5.0          GPU k-means baseline (Triton kernels). Requires-Dist: torch, numpy.
@@ -48,6 +48,10 @@
 #
 # Usage: bash bench/gpu_wheels.sh   (WHEEL_BUDGET_MIB=40 by default: the wheels' total must stay under
 # it, leaving room for the tree; PYTHON=python3 by default: any Python whose pip takes --platform).
+# Last, the set is installed as the device would (--no-index --no-deps) into a fresh Python 3.12 venv
+# (CHECK_PYTHON, default python3.12; CHECK=0 skips), pydantic is imported and validates a model,
+# and every other carried package is found there: a wheel that would not install or import on the
+# device fails here, at no device time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -65,7 +69,7 @@ WHEELS=(
   fastkmeans==0.5.0
   fast-pytorch-kmeans==0.2.2
 )
-if [ "${WITH_TYPING_EXTENSIONS:-0}" != 0 ]; then WHEELS+=(typing-extensions==4.16.0); fi
+if [ "${WITHOUT_TYPING_EXTENSIONS:-0}" = 0 ]; then WHEELS+=(typing-extensions==4.16.0); fi
 SDIST_WHEELS=(
   traker==0.3.2
 )
@@ -124,6 +128,34 @@ print(f"{tree / 2**20:7.2f} MiB  the working tree that travels (tracked and untr
 if tree + total > limit * 2**20:
     sys.exit("tree and wheels together are over what travels to the device")
 EOF
+
+if [ "${CHECK:-1}" != 0 ]; then
+  CHECK_PY=${CHECK_PYTHON:-python3.12}
+  if ! "$CHECK_PY" -V > /dev/null 2>&1; then  # a pyenv shim without that version selected: take it directly
+    CHECK_PY=$(ls -d "$(pyenv root 2>/dev/null || echo ~/.pyenv)"/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+  fi
+  "${CHECK_PY:-python3.12}" -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' \
+    || { echo "the install check needs Python 3.12 (CHECK_PYTHON=...), as on the device; CHECK=0 skips it" >&2; exit 1; }
+  venv="${TMPDIR:-/tmp}/adaptinf-wheel-check"
+  rm -rf "$venv"
+  "$CHECK_PY" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "$DEST"/*.whl
+  "$venv/bin/python" - <<'EOF'
+import importlib.util
+import pydantic
+
+class Probe(pydantic.BaseModel):
+    n: int = pydantic.Field(ge=1)
+
+assert Probe(n="3").n == 3
+for mod in ("annotated_types", "typing_inspection", "typing_extensions", "flash_kmeans", "fastkmeans",
+            "fast_pytorch_kmeans", "trak"):
+    assert importlib.util.find_spec(mod) is not None, mod
+print(f"install check: the wheels install into a fresh Python 3.12 venv with --no-index --no-deps; "
+      f"pydantic {pydantic.VERSION} imports and validates")
+EOF
+  rm -rf "$venv"
+fi
 
 echo
 echo 'carry: [".whl"]'

@@ -304,6 +304,22 @@ def bench_projection(b: Bench) -> None:
         return out
 
     b.row("projection", f"torch matmul on materialised R chunks of {chunk} rows", materialised, flops, reps=2, **shape)
+    # TRAK's BasicProjector (what users without fast_jl run) regenerates its R blocks on every call:
+    # timed at P/16 to fit the lease, beside ours at the same shape
+    p_small = p // 16
+    small = {**shape, "P": p_small}
+    xs = x[:, :p_small].contiguous()
+    b.row("projection", "adaptinf_fast.project backend=cuda (P/16, TRAK's shape)",
+          lambda: af.project(xs, k, seed=1, backend="cuda"), flops / 16, reps=2, **small)
+    try:
+        from trak.projectors import BasicProjector, ProjectionType
+
+        basic = BasicProjector(p_small, k, 0, ProjectionType.rademacher, DEVICE, dtype=torch.float16)
+        b.row("projection", "trak BasicProjector (torch RNG blocks of 100 columns, fp16)",
+              lambda: basic.project(xs.half(), model_id=0), flops / 16, reps=1, **small)
+    except Exception as exc:  # noqa: BLE001
+        b.row("projection", "trak BasicProjector (torch RNG blocks of 100 columns, fp16)", None, flops / 16,
+              why=f"not available: {exc}", **small)
     try:
         import fast_jl  # noqa: F401  (TRAK's CUDA projector; carried only if built elsewhere)
         from trak.projectors import CudaProjector
@@ -398,7 +414,9 @@ def bench_features(b: Bench) -> None:
         cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=20,
                           num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=1024)
         batch, tokens, n, k, dtype = 16, 256, 256, 8192, torch.bfloat16
-    model = get_peft_model(LlamaForCausalLM(cfg).to(DEVICE, dtype),
+    with torch.device(DEVICE):  # built on the device: a 1.1B model's init on the CPU would cost the lease ~20 s
+        base = LlamaForCausalLM(cfg).to(dtype)
+    model = get_peft_model(base,
                            LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0,
                                       init_lora_weights=False))
     ids = torch.randint(3, cfg.vocab_size, (n, tokens), generator=_gen(8))

@@ -31,13 +31,23 @@ struct Grid {
 constexpr unsigned kPipeSharedBytes = 4 * (128 + 128) * 128 + 2 * 4 * 8 + 1024;
 
 // Raises a kernel's dynamic shared-memory limit once per (kernel, device): the attribute persists,
-// and a runtime call per launch costs microseconds on a hot path. set(bytes) does the raising.
+// and a runtime call per launch costs microseconds on a hot path. set() does the raising; the pair
+// counts as done only once set() returned, so a failed raise (it throws) is tried again next launch.
+struct OptIns {  // one registry for the process (a static inside the template would be one per lambda type)
+  std::mutex m;
+  std::set<std::pair<const void*, int>> done;
+};
+inline OptIns& opt_ins() {
+  static OptIns registry;
+  return registry;
+}
 template <class Set>
 void opt_in_shared_memory(const void* kernel, int device, Set&& set) {
-  static std::mutex m;
-  static std::set<std::pair<const void*, int>> done;
-  std::lock_guard<std::mutex> lock(m);
-  if (done.insert({kernel, device}).second) set();
+  OptIns& r = opt_ins();
+  std::lock_guard<std::mutex> lock(r.m);
+  if (r.done.count({kernel, device})) return;
+  set();
+  r.done.insert({kernel, device});
 }
 
 // Grid limits of every CUDA device since sm_30 (and of the emulator).

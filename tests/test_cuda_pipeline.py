@@ -133,6 +133,11 @@ def test_emulator_reports_broken_uses_of_the_pipeline_instructions(name, msg):
         cuda_kernels().selftest(name)
 
 
+@pytest.mark.skipif(ON_GPU, reason="emulator self-tests")
+def test_a_failed_shared_memory_opt_in_is_tried_again():
+    cuda_kernels().selftest("opt_in_retry")  # raises when the failed raise was recorded as done
+
+
 # ---- shared-memory traffic, launch plumbing (the emulator's bank profile: per-lane addresses) ----
 
 def _profile(run):

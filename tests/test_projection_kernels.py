@@ -75,3 +75,22 @@ def test_strided_input(backend, device, rng):
     x = base[::2, 1::2]  # non-contiguous view
     got = af.project(x.to(device) if device != "cpu" else x, 64, backend=backend).cpu()
     torch.testing.assert_close(got, reference(x.contiguous(), 64), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_batch_over_128_rows_takes_the_two_warpgroup_tile_and_matches(backend, device, dtype, rng):
+    """Above 128 rows the sm_90 launcher picks a 256-row tile on 8 warps (one R tile for both
+    warpgroups); rows 129.. of it and its masked tail must come out right."""
+    from adaptinf_fast.ops.projection import triton as tri
+
+    if backend != "triton":
+        pytest.skip("the Triton launcher's tile")
+    cfg = tri._config(130, 200, 64, dtype, "rademacher", torch.device(device))
+    from adaptinf_fast.ops import _triton_util as tu
+
+    hopper = tu.capability(torch.device(device))[0] >= 9  # the interpreter takes the sm_90 choice
+    assert (cfg.block_b, cfg.num_warps) == ((256, 8) if hopper else (128, 8))
+    x = torch.randn(130, 200, generator=rng).to(dtype)
+    got = af.project(x.to(device), 64, seed=3, row_offset=7, backend="triton").cpu()
+    torch.testing.assert_close(got, reference(x, 64, seed=3, row_offset=7), rtol=1e-5, atol=1e-5)

@@ -65,7 +65,7 @@ def _projection_cases() -> list[Case]:
         for b, p, k, dtype, kind in shapes:
             target = None
             if cat == "production" and kind == "rademacher" and dtype != torch.float32:
-                target = 0.6 if b >= 256 else 0.45
+                target = 0.7 if b >= 256 else 0.45
             out.append(Case(_name(b, p, k, dtype, kind), "projection", cat, _project(b, p, k, dtype, kind),
                             _projection_flops, target=target))
     return out

@@ -53,6 +53,16 @@ void emu_selftest(const std::string& name) {
   } else if (name == "wgmma_unswizzled") {
     auto kernel = wgmma_unswizzled_kernel;
     ADAPTINF_LAUNCH_SMEM(kernel, one, 128, 32768, 0);
+  } else if (name == "opt_in_retry") {  // a raise that fails is tried again, one that worked is not
+    static int marker;
+    int calls = 0;
+    try {
+      opt_in_shared_memory(&marker, 7, [&] { ++calls; throw std::runtime_error("cudaFuncSetAttribute failed"); });
+    } catch (const std::runtime_error&) {
+    }
+    opt_in_shared_memory(&marker, 7, [&] { ++calls; });
+    opt_in_shared_memory(&marker, 7, [&] { ++calls; });
+    if (calls != 2) throw std::runtime_error("opt-in made " + std::to_string(calls) + " raises; expected 2");
   } else {
     throw std::invalid_argument("unknown self-test " + name);
   }
