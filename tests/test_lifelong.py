@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from adaptinf_fast import cli
 from conftest import lock_held_elsewhere
 from adaptinf_fast.lifelong import POOL_STEPS, Context, PoolStore, StageConfig, load_stage_config, run_stage, run_steps
+from adaptinf_fast.lifelong.steps import StageDir
 
 D = 24
 
@@ -254,7 +256,11 @@ def test_features_step_from_a_saved_peft_model(tmp_path):
     assert cli.main(["add", "--pool", pool, "--data", str(tmp_path / "data.jsonl"), "--source", "colours"]) == 0
     assert cli.main(["features", "--pool", pool, "--model", str(tmp_path / "adapter"), "--layers", "all",
                      "--out-dim", "32", "--batch-size", "4"]) == 0
-    doc = json.loads((PoolStore(pool).stage_dir(1) / "features.json").read_text())
-    assert doc["ids"] == [r["id"] for r in recs] and set(doc["scores"]) == {"ppl", "el2n", "entropy", "grand", "ig"}
-    feats = np.load(PoolStore(pool).stage_dir(1) / "features.npy")
-    assert feats.shape == (9, 32) and np.allclose(np.linalg.norm(feats.astype(np.float32), axis=1), 1, atol=1e-2)
+    sd = StageDir(PoolStore(pool), 1)
+    fs = sd.features()
+    assert fs.ids == [r["id"] for r in recs] and set(fs.scores) == {"ppl", "el2n", "entropy", "grand", "ig"}
+    # the stage's features are the featurizer's fp16 shards, memory-mapped: no second, float32 copy
+    assert fs.features.dtype == torch.float16 and not sd.features_npy.exists()
+    assert {s.path.parent for s in fs.features.segments} == {sd.shards}
+    feats = fs.features.to_tensor()
+    assert feats.shape == (9, 32) and torch.allclose(feats.norm(dim=1), torch.ones(9), atol=1e-2)

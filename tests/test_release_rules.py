@@ -262,15 +262,17 @@ def test_release_selection_refuses_small_clusters_with_the_reason():
 # -- the stage and the CLI under rules="release" ---------------------------------------------------
 
 def _stage_oracle(stage_dir, k, budget, keep, seed):
-    """The release's ids on what the stage stored: its fp16 features, scores and cluster labels."""
-    import json
+    """The release's ids on what the stage stored: its features (as the stage reads them), scores
+    and cluster labels."""
+    from adaptinf_fast.lifelong import PoolStore
+    from adaptinf_fast.lifelong.steps import StageDir
 
-    doc = json.loads((stage_dir / "features.json").read_text())
-    emb = np.load(stage_dir / "features.npy").astype(np.float32)
+    fs = StageDir(PoolStore(stage_dir.parents[1]), int(stage_dir.name.split("-")[1])).features()
+    emb = fs.features.to_tensor().numpy()
     labels = np.load(stage_dir / "labels.npy")
-    scores = R.load_scores_release({n: doc["scores"][n] for n in ("entropy", "grand", "el2n", "ppl")})
+    scores = R.load_scores_release({n: fs.scores[n].tolist() for n in ("entropy", "grand", "el2n", "ppl")})
     sel, kept = R.release_main(labels, scores, k, budget, random.Random(seed), emb=emb, keep=keep)
-    ids = doc["ids"]
+    ids = fs.ids
     return {ids[i] for i in sel}, None if kept is None else {ids[i] for i in kept}
 
 

@@ -297,14 +297,16 @@ class GradientFeaturizer:
             yield k // shard_batches, [names[j] for j in kept], batch, skipped, [items[j] for j in kept]
 
     def extract(self, data: Any, batch_size: int = 8, *, out_dir: str | Path | None = None, shard_size: int = 4096,
-                disk_dtype: str = "float16", progress: bool = True,
+                disk_dtype: str = "float16", progress: bool = True, lazy: bool = False,
                 before_batch: Callable[[list], None] | None = None) -> FeatureSet:
         """Features and scores for every item of ``data`` (a ``datasets.Dataset`` or any sequence of
         row dicts / LLaVA records, or a DataLoader of batches), in data order.
 
         With ``out_dir``, results are written in shards of ``shard_size`` samples (features as
-        ``disk_dtype``) and finished shards are not recomputed when the call is repeated after an
-        interruption. Under ``torch.distributed`` each rank computes every world_size-th shard and
+        ``disk_dtype``: float16, bfloat16 or float32) and finished shards are not recomputed when
+        the call is repeated after an interruption; with ``lazy`` as well, the result's features
+        are a memory-mapped ``FeatureView`` over the shards (nothing of them is loaded: pools of
+        millions), else a float32 tensor. Under ``torch.distributed`` each rank computes every world_size-th shard and
         the result, on every rank, is in data order. ``before_batch(items)`` is called with each
         batch's items (those that encoded, in row order) before its forward, and again with the
         rows of the image-grounding pass (the samples with an image) before that one: a model whose
@@ -325,7 +327,7 @@ class GradientFeaturizer:
             for s in range(n_shards):
                 meta_file = out_path / f"shard-{s:05d}.json"
                 if meta_file.exists():
-                    if FeatureSet.load_shard(meta_file.with_suffix("")).meta != self.meta:
+                    if FeatureSet.shard_meta(meta_file.with_suffix("")) != self.meta:
                         raise ValueError(f"{out_path} holds shards from a different featurizer configuration; "
                                          "use a fresh out_dir")
                     done.add(s)
@@ -405,7 +407,7 @@ class GradientFeaturizer:
         if out_path is not None:
             if dist:
                 dist.barrier()
-            ordered = [FeatureSet.load_shard(out_path / f"shard-{s:05d}") for s in range(n_shards)]
+            ordered = [FeatureSet.load_shard(out_path / f"shard-{s:05d}", lazy=lazy) for s in range(n_shards)]
         else:
             if dist:
                 gathered: list = [None] * world

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,8 +35,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--layers", default="last", help="'last', 'all' or comma-separated decoder-layer indices")
     p.add_argument("--out-dim", type=int, default=8192)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16",
+                   help="how a model's features are stored (read through a memory map, never loaded whole)")
     p = pool_cmd("cluster", "spherical k-means pseudo-skills on the features")
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--rows-in-memory", type=int, default=None,
+                   help="feature rows per streamed k-means chunk (default: 256 MiB of float32 rows)")
     p.add_argument("--elbow", default=None, help="comma-separated K values: print inertia per K and write "
                    "elbow.png in the stage folder, without clustering")
     p = pool_cmd("select", "choose the training subset")
@@ -48,6 +53,8 @@ def add_parsers(sub) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--pool-budget", type=int, help="Adapt-∞ budget mode: pool size to keep")
     g.add_argument("--eps", type=float, help="SemDeDup threshold mode")
+    p.add_argument("--rows-in-memory", type=int, default=None,
+                   help="feature rows of one pruning group (default 1M); a larger cluster is tiled out of core")
     p = sub.add_parser("status", help="counts by status and stage, cluster sizes, selector per cluster")
     p.add_argument("--pool", required=True, type=Path)
     p = sub.add_parser("stage", help="run (or resume) whole stages from a YAML/TOML config")
@@ -110,7 +117,8 @@ def _pool_step(pool: PoolStore, cmd: str, args) -> int:
         print(plot_elbow(rows, pool.stage_dir(t) / "elbow.png"))
         return 0
     fields = {k: getattr(args, k) for k in ("data", "source", "features_from", "model", "out_dim", "batch_size",
-                                            "k", "budget", "method", "seed", "rules") if hasattr(args, k)}
+                                            "k", "budget", "method", "seed", "rules", "dtype", "rows_in_memory")
+              if getattr(args, k, None) is not None}
     if hasattr(args, "layers"):
         fields["layers"] = args.layers if args.layers in ("last", "all") else [int(i) for i in args.layers.split(",")]
     if cmd == "prune":
@@ -162,4 +170,33 @@ def status(pool: PoolStore) -> int:
             print(f"  selected {rec['select']['selected']} ({rec['select']['method']})")
         if "prune" in rec:
             print(f"  pruned {rec['prune']['pruned']}; pool after {rec['prune']['pool_after']}")
+    memory_outlook(pool)
     return 0
+
+
+def memory_outlook(pool: PoolStore) -> None:
+    """The memory estimate of the next stage's steps (``memory.estimate``) from the pool's size and
+    the last stage's feature width, K and largest cluster (scaled to the pool's size now)."""
+    from .memory import estimate, format_bytes
+
+    last = None
+    for t in sorted((int(k) for k in pool.state.done), reverse=True):
+        path = pool.stage_dir(t) / "record.json"
+        rec = json.loads(path.read_text()) if path.exists() else {}
+        if "dim" in rec.get("features", {}):
+            last = rec
+            break
+    if last is None:
+        print("memory estimate: after the first features step (it needs the feature width)")
+        return
+    n = len(pool.ids())
+    d = last["features"]["dim"]
+    storage = 4 if last["features"].get("dtype") == "float32" else 2
+    sizes = last.get("cluster", {}).get("sizes") or [n]
+    k = len(sizes)
+    largest = math.ceil(max(sizes) * n / max(sum(sizes), 1))
+    est = estimate(n, d, k, largest_cluster=largest, storage_bytes=storage)
+    print(f"memory estimate for the next stage at N {n:,} (before its new data), D {d}, K {k}, largest cluster "
+          f"~{largest:,}; features on disk {format_bytes(n * d * storage)}, never loaded whole:")
+    print("  " + ", ".join(f"{step} {format_bytes(b)}" for step, b in est.items())
+          + " (peak allocations per step; formula in lifelong/memory.py)")

@@ -51,10 +51,16 @@ def _problems(errors: list[str]) -> None:
 
 
 class FeatureSettings(Strict):
+    """``dtype``: how features are stored on disk (16-bit; read through a memory map, never loaded
+    whole); ``rows_in_memory``: feature rows resident at once in the cluster and prune steps (k-means
+    chunks, pruning groups; default: 256 MiB of float32 rows per k-means chunk, 1M rows per group)."""
+
     layers: Layers = "last"
     out_dim: int = Field(8192, ge=1)
     batch_size: int = Field(8, ge=1)
     max_length: Optional[int] = Field(None, ge=1)
+    dtype: Literal["float16", "bfloat16"] = "float16"
+    rows_in_memory: Optional[int] = Field(None, ge=64)
 
 
 class SelectionSettings(Strict):
@@ -345,7 +351,7 @@ def _fail(path, errors: list[str]):
     raise ValueError(f"invalid config {path}:\n  - " + "\n  - ".join(errors))
 
 
-FLAT_SECTIONS = {"features": ("layers", "out_dim", "max_length"), "selection": tuple(SelectionSettings.model_fields)}
+FLAT_SECTIONS = {"features": ("layers", "out_dim", "max_length", "dtype", "rows_in_memory"), "selection": tuple(SelectionSettings.model_fields)}
 FLAT_STAGE = ("data", "source", "features_from", "model", "image_root")
 
 

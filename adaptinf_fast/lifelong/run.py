@@ -232,7 +232,7 @@ class LifelongRun:
                                     tokenizer=tokenizer, max_length=cfg.max_length, rules=cfg.rules,
                                     image_processor=self.image_processor)
             return fz.extract(records, batch_size=cfg.batch_size, out_dir=sd.shards, progress=self.progress,
-                              before_batch=route)
+                              before_batch=route, disk_dtype=cfg.dtype, lazy=True)
 
         def train(sd: StageDir, cfg: StageConfig) -> dict:
             self.load_adapter(model, StageDir(pool, self.strategy.train_from(sd.t)))

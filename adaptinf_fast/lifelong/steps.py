@@ -28,6 +28,7 @@ import torch
 
 from .._io import atomic_write, fault_point, read_jsonl, write_json, write_jsonl
 from ..features.featureset import FeatureSet
+from ..featureview import FeatureView, Segment, open_array, to_storage
 from ..ops.kmeans import KMeans
 from ..selection.policy import prune_mask, release_subset, select_subset
 from .config import StageConfig
@@ -36,7 +37,7 @@ from .pool import PoolStore
 log = logging.getLogger("adaptinf_fast")
 STEPS = ("add", "features", "cluster", "select", "train", "evaluate", "prune")
 POOL_STEPS = ("add", "features", "cluster", "select", "prune")
-COLLECTIVE = ("features", "cluster", "train", "evaluate")
+COLLECTIVE = ("features", "cluster", "train", "evaluate", "prune")
 
 
 class StageDir:
@@ -56,9 +57,19 @@ class StageDir:
         self.record_json, self.timings_json = p / "record.json", p / "timings.json"
 
     def features(self) -> FeatureSet:
+        """The stage's ids, scores and features as a ``FeatureView``: 16-bit rows memory-mapped from
+        the files the features step left (its shards, an imported ``.npz``), never loaded whole."""
         doc = json.loads(self.features_json.read_text())
-        feats = torch.from_numpy(np.load(self.features_npy).astype(np.float32))
-        return FeatureSet(doc["ids"], feats, {k: torch.tensor(v) for k, v in doc["scores"].items()}, [], {})
+        if "view" in doc:
+            view = FeatureView.load(doc["view"], self.path)
+        else:  # stages written before views: one float16 file
+            view = FeatureView([Segment(open_array(self.features_npy), "float16", None, self.features_npy)])
+        if isinstance(doc["scores"], str):
+            with np.load(self.path / doc["scores"]) as z:
+                scores = {k: torch.from_numpy(z[k]) for k in z.files}
+        else:
+            scores = {k: torch.tensor(v) for k, v in doc["scores"].items()}
+        return FeatureSet(doc["ids"], view, scores, [], {})
 
     def labels(self) -> torch.Tensor:
         return torch.from_numpy(np.load(self.labels_npy))
@@ -124,6 +135,12 @@ def read_records(path: str | Path) -> list:
     return doc
 
 
+def _compute_device() -> torch.device:
+    """Where k-means and pruning compute: this process's GPU when there is one (features are
+    streamed to it from disk), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def _skipped(cfg: StageConfig, step: str) -> Outcome:
     return {"skipped": f"method {cfg.method!r} without pruning needs no {step}"}, None
 
@@ -159,17 +176,40 @@ def add(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
     return info, rows
 
 
-def _from_npz(cfg: StageConfig, ids: list) -> FeatureSet:
-    z = np.load(cfg.features_from, allow_pickle=False)
-    fs = FeatureSet(z["ids"].tolist(), torch.from_numpy(z["features"].astype(np.float32)),
-                    {n: torch.from_numpy(z[f"score_{n}"].astype(np.float32)) for n in cfg.scores if f"score_{n}" in z})
-    index = {i: k for k, i in enumerate(fs.ids)}
+def _from_npz(cfg: StageConfig, ids: list, sd: StageDir) -> FeatureSet:
+    """The pool's rows of a precomputed ``.npz`` (ids, features (N, k), score_<name>) as a view:
+    an uncompressed member is memory-mapped where it lies, a compressed one is first copied out
+    (streamed) to ``features-from.npy`` in the stage folder; nothing is converted to float32."""
+    path = Path(cfg.features_from)
+    with np.load(path, allow_pickle=False) as z:
+        if "features" not in z.files or "ids" not in z.files:
+            raise ValueError(f"{path} needs arrays 'ids' and 'features'; it has {z.files}")
+        file_ids = z["ids"].tolist()
+        scores = {n: torch.from_numpy(z[f"score_{n}"].astype(np.float32)) for n in cfg.scores if f"score_{n}" in z.files}
+    try:
+        arr, member = open_array(path, "features"), "features"
+    except ValueError as exc:
+        if "compressed" not in str(exc):
+            raise
+        import shutil
+        import zipfile
+
+        out = sd.path / "features-from.npy"
+        with zipfile.ZipFile(path) as zf, zf.open("features.npy") as src:
+            atomic_write(out, lambda f: shutil.copyfileobj(src, f, 1 << 24))
+        path, member, arr = out, None, open_array(out)
+    kind = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32"}.get(arr.dtype)
+    if kind is None:
+        raise ValueError(f"{cfg.features_from}: features of dtype {arr.dtype}; expected float16 or float32")
+    index = {i: k for k, i in enumerate(file_ids)}
     missing = [i for i in ids if i not in index]
-    if missing or len(fs.ids) != len(index):
+    if missing or len(file_ids) != len(index) or arr.shape[0] != len(file_ids):
         raise ValueError(f"features in {cfg.features_from} do not match the pool: {len(missing)} pool id(s) "
-                         f"have no feature row (first: {missing[:3]}), {len(fs.ids)} rows for {len(ids)} samples")
-    take = torch.tensor([index[i] for i in ids], dtype=torch.long)
-    return FeatureSet(ids, fs.features[take], {n: v[take] for n, v in fs.scores.items()}, [], {})
+                         f"have no feature row (first: {missing[:3]}), {arr.shape[0]} rows for {len(file_ids)} ids "
+                         f"and {len(ids)} samples")
+    take = np.fromiter((index[i] for i in ids), dtype=np.int64, count=len(ids))
+    view = FeatureView([Segment(arr, kind, take, path, member)])
+    return FeatureSet(ids, view, {n: v[torch.from_numpy(take)] for n, v in scores.items()}, [], {})
 
 
 def model_featurizer(cfg: StageConfig, progress: bool = True) -> Callable[[StageDir, list], FeatureSet]:
@@ -183,7 +223,8 @@ def model_featurizer(cfg: StageConfig, progress: bool = True) -> Callable[[Stage
     fz = GradientFeaturizer(model, layers=cfg.layers, out_dim=cfg.out_dim, seed=cfg.seed, scores=cfg.scores,
                             tokenizer=tokenizer, image_root=cfg.image_root, max_length=cfg.max_length, rules=cfg.rules,
                             image_processor=processor)
-    return lambda sd, records: fz.extract(records, batch_size=cfg.batch_size, out_dir=sd.shards, progress=progress)
+    return lambda sd, records: fz.extract(records, batch_size=cfg.batch_size, out_dir=sd.shards, progress=progress,
+                                          disk_dtype=cfg.dtype, lazy=True)
 
 
 def features(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
@@ -191,17 +232,23 @@ def features(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
         return _skipped(cfg, "features")
     ids = ctx.pool.ids()
     if cfg.features_from is not None:
-        fs = _from_npz(cfg, ids)
+        fs = _from_npz(cfg, ids, sd)
     else:
         fs = (ctx.featurize or model_featurizer(cfg, ctx.progress))(sd, ctx.pool.records(ids))
     if len(fs) == 0:
         raise ValueError("no sample in the pool has features")
     if ctx.rank == 0:
-        write_json(sd.features_json, {"ids": fs.ids, "scores": {k: v.tolist() for k, v in fs.scores.items()},
+        view = fs.features
+        if not isinstance(view, FeatureView):  # a featurizer that returned a tensor: stored once, 16-bit
+            arr = to_storage(view, cfg.dtype)
+            atomic_write(sd.features_npy, lambda f: np.save(f, arr))
+            view = FeatureView([Segment(open_array(sd.features_npy), cfg.dtype, None, sd.features_npy)])
+        scores_file = sd.path / "scores.npz"
+        atomic_write(scores_file, lambda f: np.savez(f, **{k: v.numpy().astype(np.float32) for k, v in fs.scores.items()}))
+        write_json(sd.features_json, {"ids": fs.ids, "scores": scores_file.name, "view": view.describe(sd.path),
                                       "skipped": [list(s) for s in fs.skipped]})
-        arr = fs.features.numpy().astype(np.float16)
-        atomic_write(sd.features_npy, lambda f: np.save(f, arr))
-    return {"samples": len(fs), "dim": int(fs.features.shape[1]), "skipped": len(fs.skipped)}, None
+    return {"samples": len(fs), "dim": int(fs.features.shape[1]), "skipped": len(fs.skipped),
+            "dtype": str(fs.features.dtype).replace("torch.", "")}, None
 
 
 def cluster(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
@@ -214,8 +261,9 @@ def cluster(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
     if dist:  # each process clusters a contiguous shard; the centres are those of the whole pool
         world, rank = dist.get_world_size(), dist.get_rank()
         bounds = [len(fs) * r // world for r in range(world + 1)]
-        x = x[bounds[rank] : bounds[rank + 1]]
-    km = KMeans(cfg.k, metric="cosine", n_init=3, seed=cfg.seed, progress=ctx.progress).fit(x)
+        x = x.sub(bounds[rank], bounds[rank + 1])
+    km = KMeans(cfg.k, metric="cosine", n_init=3, seed=cfg.seed, progress=ctx.progress,
+                chunk_rows=cfg.rows_in_memory, device=_compute_device()).fit(x)
     labels = km.labels_.cpu()
     if dist:
         parts: list = [None] * world
@@ -280,17 +328,21 @@ def prune(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
     mode = cfg.prune_mode
     info: dict[str, Any] = {"mode": mode}
     if mode == "none":
-        write_json(sd.prune_json, {"ids": [], "reason": None})
+        if ctx.rank == 0:
+            write_json(sd.prune_json, {"ids": [], "reason": None})
         return {**info, "pruned": 0, "pool_after": len(ctx.pool.ids())}, None
     fs, labels = sd.features(), sd.labels()
     drop = prune_mask(fs.features, labels, mode=mode, pool_budget=cfg.pool_budget, eps=cfg.eps,
-                      progress=ctx.progress, rules=cfg.rules, k=sd.n_clusters() if cfg.rules == "release" else None)
+                      progress=ctx.progress, rules=cfg.rules, k=sd.n_clusters() if cfg.rules == "release" else None,
+                      max_rows=cfg.rows_in_memory, distributed=ctx.dist is not None, device=_compute_device())
     if mode == "budget":
         info["pool_budget"], reason = cfg.pool_budget, f"redundant: pool budget {cfg.pool_budget}"
     else:
         info["eps"], reason = cfg.eps, f"semdedup eps={cfg.eps}"
     pruned = {fs.ids[i] for i in drop.nonzero().flatten().tolist()}
     info["pruned"] = len(pruned)
+    if ctx.rank != 0:  # every rank computed its clusters; rank 0 writes and commits
+        return info, None
     write_json(sd.prune_json, {"ids": [i for i in fs.ids if i in pruned], "reason": reason})
     rows = []
     for r in ctx.pool.rows:

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..ops.dedup import cluster_max_similarity, prune_to_budget, semdedup, semdedup_order
+from ..ops.dedup import _check_eps, cluster_max_similarity, prune_to_budget, semdedup, semdedup_order
 from .budget import split_budget
 from . import release
 from .ccs import ccs_sample
@@ -100,8 +100,9 @@ def release_subset(features: torch.Tensor, labels: torch.Tensor, scores: Mapping
     return torch.sort(order[torch.from_numpy(picked)]).values, info
 
 
-def prune_mask(features: torch.Tensor, labels: torch.Tensor, *, mode: str, pool_budget: int | None = None,
-               eps: float = 0.05, progress: bool = False, rules: str = "adaptinf", k: int | None = None) -> torch.Tensor:
+def prune_mask(features: Any, labels: torch.Tensor, *, mode: str, pool_budget: int | None = None,
+               eps: float = 0.05, progress: bool = False, rules: str = "adaptinf", k: int | None = None,
+               max_rows: int | None = None, distributed: bool = False, device: Any = None) -> torch.Tensor:
     """Bool mask of samples to drop for good: ``"budget"`` (Adapt-∞: keep the ``pool_budget`` least
     redundant, split over clusters), ``"threshold"`` (SemDeDup at ``eps``) or ``"none"``. Both use
     SemDeDup's "hard" order (farthest from the centroid first).
@@ -110,7 +111,12 @@ def prune_mask(features: torch.Tensor, labels: torch.Tensor, *, mode: str, pool_
     semdedup (index order, M clamped at 0, its rounded-up budgets), and only when the pool holds
     more than ``pool_budget``: at or under it nothing is dropped (the release's budget split fails
     on a budget its clusters cannot hold).
+
+    ``features``: (N, D) tensor or ``FeatureView`` (read a group of clusters at a time, at most
+    ``max_rows`` rows resident); ``distributed``: split the clusters over the ranks of an
+    initialised process group (every rank gets the same mask); ``device``: where to compute.
     """
+    stream = {"max_rows": max_rows, "distributed": distributed, "device": device}
     if rules not in RULES:
         raise ValueError(f"rules is {rules!r}; expected one of {RULES}")
     if mode == "none":
@@ -121,12 +127,12 @@ def prune_mask(features: torch.Tensor, labels: torch.Tensor, *, mode: str, pool_
         drop = torch.zeros(features.shape[0], dtype=torch.bool)
         if features.shape[0] > pool_budget:
             drop[:] = True
-            drop[torch.from_numpy(release.prune(features, labels, k, pool_budget, progress=progress)[0])] = False
+            drop[torch.from_numpy(release.prune(features, labels, k, pool_budget, progress=progress, **stream)[0])] = False
         return drop
-    order = semdedup_order(features, labels, "hard")
+    order = semdedup_order(features, labels, "hard", chunk_rows=max_rows).cpu()
+    m, _ = cluster_max_similarity(features, labels, order=order, progress=progress, **stream)
     if mode == "budget":
-        m, _ = cluster_max_similarity(features, labels, order=order, progress=progress)
-        return ~prune_to_budget(m, labels, pool_budget, order=order)
+        return ~prune_to_budget(m, labels, pool_budget, order=order).cpu()
     if mode == "threshold":
-        return ~semdedup(features, labels, eps=eps, order=order)
+        return (m > 1.0 - _check_eps(eps)[0]).cpu()  # SemDeDup drops j when M_j > 1 - eps
     raise ValueError(f"prune mode {mode!r}; expected 'budget', 'threshold' or 'none'")

@@ -193,11 +193,13 @@ def ccs(values: Any, bins: int, budget: int, rng: Any = random) -> np.ndarray:
 
 
 def prune(features: Any, labels: Any, n_clusters: int, keep: int, *, progress: bool = False,
-          backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+          backend: str = "auto", max_rows: int | None = None, distributed: bool = False,
+          device: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """The release's ``semdedup`` pruning to ``keep`` samples, on our max-similarity kernel.
 
     Args:
-        features: (N, D) float; rows are L2-normalised in float32. labels: (N,) ints in [0, K).
+        features: (N, D) float tensor or ``FeatureView``; rows are L2-normalised in float32.
+        labels: (N,) ints in [0, K). max_rows, distributed, device: as in ``cluster_max_similarity``.
 
     Returns:
         (kept positions int64, in the release's order: cluster by cluster, each in ascending-M
@@ -215,7 +217,8 @@ def prune(features: Any, labels: Any, n_clusters: int, keep: int, *, progress: b
         raise ReleaseCrash(f"the release's semdedup fails on empty cluster(s) {empty} (max over an empty "
                            f"similarity matrix); rules='adaptinf' skips them")
     shares = budgets([m.size for m in members], keep, n_clusters)
-    m_all, _ = cluster_max_similarity(features, torch.as_tensor(labels_np), backend=backend, progress=progress)
+    m_all, _ = cluster_max_similarity(features, torch.as_tensor(labels_np), backend=backend, progress=progress,
+                                      max_rows=max_rows, distributed=distributed, device=device)
     m_all = m_all.cpu().clamp_min(0.0)  # the zeroed lower triangle floors M at 0 (first sample: 0)
     kept, ms = [], []
     for c, idx in enumerate(members):

@@ -13,7 +13,7 @@ from ..library import compiling, kmeans_assign_op
 from ...backends import resolve
 from .elbow import elbow, format_elbow, plot_elbow
 from .init import default_init_size, kmeans_plusplus
-from .lloyd import Comm, Data, LloydResult, global_rows, tolerance
+from .lloyd import CHUNK_BYTES, Comm, Data, LloydResult, global_rows, tolerance
 from .lloyd import lloyd as run_lloyd
 
 METRICS = ("l2", "cosine")
@@ -117,6 +117,7 @@ class KMeans:
         backend: assignment backend, ``"auto" | "torch" | "triton" | "cuda"``.
         device: where to compute (default: where the data is); host data is streamed to it in chunks.
         progress: show a progress bar over iterations.
+        chunk_rows: rows per streamed chunk (default: 256 MiB of float32 rows).
 
     Attributes (after ``fit``): ``cluster_centers_`` float32 (K, D), ``labels_`` int64 (N,),
     ``inertia_`` (sum of squared distances to the assigned centre; for cosine between unit
@@ -142,8 +143,10 @@ class KMeans:
         backend: str = "auto",
         device: str | torch.device | None = None,
         progress: bool = False,
+        chunk_rows: int | None = None,
     ):
         self.n_clusters = _validate.positive_int(n_clusters, "n_clusters")
+        self.chunk_rows = None if chunk_rows is None else _validate.positive_int(chunk_rows, "chunk_rows")
         self.metric = _check_metric(metric)
         self.n_init = _validate.positive_int(n_init, "n_init")
         self.max_iter = _validate.positive_int(max_iter, "max_iter")
@@ -189,22 +192,30 @@ class KMeans:
         return _prepare(c.to(data.device), self.metric)
 
     def fit(self, x: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
-        """Fit on (N, D) float data: a torch tensor, a NumPy array or a NumPy memmap.
+        """Fit on (N, D) float data: a torch tensor, a NumPy array or memmap, or a ``FeatureView``
+        (16-bit rows in files, ``adaptinf_fast.featureview``).
 
-        Data is processed in row chunks on ``device`` (default: the data's device), so a memmap or
-        host tensor larger than device memory is streamed. Under an initialised
+        Data is processed in row chunks on ``device`` (default: the data's device), so a memmap, a
+        view or a host tensor larger than device memory is streamed (extra memory: O(chunk + N)). Under an initialised
         ``torch.distributed`` process group each rank passes its own shard; all ranks end with the
         centres a single process would get on the union, and ``labels_`` for their shard.
         ``sample_weight``: (N,) non-negative weights (default all 1): centroids are weighted means,
         the inertia a weighted sum, seeding draws ∝ weight.
         """
+        from ...featureview import FeatureView
+
         as_numpy = isinstance(x, np.ndarray)
         if as_numpy and not isinstance(x, np.memmap):
             x = np.ascontiguousarray(x)
-        t = _validate.float_matrix(x, "x")
+        if isinstance(x, FeatureView):  # rows on disk, read chunk by chunk
+            if self.nonfinite != "raise":
+                raise ValueError("nonfinite='zero' needs the data in memory; a FeatureView is read-only")
+            t = x
+        else:
+            t = _validate.float_matrix(x, "x")
         comm = Comm()
         if self.nonfinite == "raise":
-            _check_finite_chunked(t, "x")
+            _check_finite_chunked(t, "x", self.chunk_rows or max(1, CHUNK_BYTES // (4 * max(t.shape[1], 1))))
         else:
             t = _validate.check_finite(t, "x", self.nonfinite)
         n_total = sum(comm.sizes(t.shape[0]))
@@ -214,7 +225,7 @@ class KMeans:
             warnings.warn("explicit init array: n_init is ignored (one run)", RuntimeWarning, stacklevel=2)
         device = torch.device(self.device) if self.device is not None else t.device
         _, impl = resolve("kmeans_assign", self.backend, device)
-        data = Data(t, self.metric, device, weights=_sample_weights(sample_weight, t.shape[0]))
+        data = Data(t, self.metric, device, chunk_rows=self.chunk_rows, weights=_sample_weights(sample_weight, t.shape[0]))
         tol = tolerance(data, comm, self.tol)
         generator = torch.Generator().manual_seed(self.seed)
         best: LloydResult | None = None

@@ -30,7 +30,7 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator, init_si
         x, weights = x[pick], None if weights is None else weights[pick]
         n = init_size
     trials = 2 + int(math.log(k))
-    x_sqnorm = x.pow(2).sum(1)
+    x_sqnorm = torch.cat([x[r : r + 4096].pow(2).sum(1) for r in range(0, n, 4096)] or [x.new_zeros(0)])  # no (n, D) temporary
     w = None if weights is None else weights.to(x.device, torch.float64)
     centers = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
     if w is None:

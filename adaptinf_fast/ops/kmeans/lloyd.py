@@ -58,7 +58,10 @@ class Comm:
 
 
 class Data:
-    """Rows to cluster (tensor or NumPy array, any float dtype), served as prepared device chunks."""
+    """Rows to cluster (tensor, NumPy array or memmap, or a ``FeatureView`` over files; any float
+    dtype), served as prepared device chunks. Rows that are not already on the compute device are
+    streamed: one chunk read (from disk for a view) ahead of the one being computed, and nothing
+    per chunk kept across iterations."""
 
     def __init__(self, x, metric: str, device: torch.device, chunk_rows: int | None = None,
                  weights: torch.Tensor | None = None):
@@ -67,7 +70,7 @@ class Data:
         self.w = None if weights is None else weights.to(device, torch.float32)  # (N,) sample weights
         self.metric, self.device = metric, device
         self.chunk_rows = chunk_rows or max(1, CHUNK_BYTES // (4 * max(self.d, 1)))
-        self.stream = self.x.device != device and device.type == "cuda"
+        self.stream = not isinstance(self.x, torch.Tensor) or (self.x.device != device and device.type == "cuda")
         self._sqnorms: dict[int, torch.Tensor] = {}  # row norms are fixed: computed once per chunk
         self._kept: dict[tuple[str, int], object] = {}
 
@@ -89,13 +92,29 @@ class Data:
         return self._kept[key]
 
     def prepare(self, rows: torch.Tensor) -> torch.Tensor:
-        if self.stream:
+        if self.stream and self.device.type == "cuda" and rows.device.type == "cpu":
             rows = rows.pin_memory().to(self.device, non_blocking=True)
-        rows = rows.to(self.device, torch.float32)
-        return torch.nn.functional.normalize(rows, dim=1) if self.metric == "cosine" else rows
+        out = rows.to(self.device, torch.float32)
+        if self.metric != "cosine":
+            return out
+        if out is rows:  # the caller's own tensor: not touched
+            return torch.nn.functional.normalize(out, dim=1)
+        return out.div_(out.norm(2, 1, keepdim=True).clamp_min_(1e-12))  # = F.normalize, without a second copy
 
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
-        for start in range(0, self.n, self.chunk_rows):
+        starts = range(0, self.n, self.chunk_rows)
+        if not isinstance(self.x, torch.Tensor):  # rows read from files: the next chunk is read while this one computes
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1) as pool:
+                ahead = pool.submit(self.x.__getitem__, slice(0, self.chunk_rows)) if self.n else None
+                for start in starts:
+                    rows = ahead.result()
+                    nxt = start + self.chunk_rows
+                    ahead = pool.submit(self.x.__getitem__, slice(nxt, nxt + self.chunk_rows)) if nxt < self.n else None
+                    yield start, self.prepare(rows)
+            return
+        for start in starts:
             yield start, self.prepare(self.x[start : start + self.chunk_rows])
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
@@ -113,6 +132,8 @@ def sq_distance_from(values: torch.Tensor, metric: str) -> torch.Tensor:
 
 def global_rows(data: Data, comm: Comm, idx: torch.Tensor, offset: int) -> torch.Tensor:
     """Rows at global indices ``idx`` (same order on every rank), from whichever rank holds them."""
+    if comm.dist is None:
+        return data.rows(idx)
     local = (idx >= offset) & (idx < offset + data.n)
     out = torch.zeros(idx.numel(), data.d, dtype=torch.float32, device=data.device)
     if local.any():
