@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -53,19 +53,34 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    atomic_write(path, lambda f: f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()))
+    """One JSON object per line (keys sorted), written atomically in blocks of lines: no string of the
+    whole file is built (manifests of millions of rows)."""
+    def write(f) -> None:
+        block: list[str] = []
+        for r in rows:
+            block.append(json.dumps(r, sort_keys=True))
+            if len(block) == 8192:
+                f.write(("\n".join(block) + "\n").encode())
+                block.clear()
+        if block:
+            f.write(("\n".join(block) + "\n").encode())
+
+    atomic_write(path, write)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
+def iter_jsonl(path: Path) -> Iterator[dict]:
+    """The objects of a JSON-lines file, one at a time (blank lines skipped)."""
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    yield json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-    return rows
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return list(iter_jsonl(path))
 
 
 class FolderBusyError(RuntimeError):

@@ -119,7 +119,7 @@ def _demo(args) -> int:
                  n_train=args.n_train, n_test=args.n_test, pretrain_epochs=args.pretrain_epochs, epochs=args.epochs,
                  budget=args.budget, pool_budget=args.pool_budget, k=args.k, out_dim=args.out_dim, seed=args.seed,
                  compare=tuple(m for m in (args.compare or "").split(",") if m), progress=not args.no_progress,
-                 device=args.device)
+                 device=args.device, seeds=args.seeds, scenario=args.scenario)
     run_demo(DemoConfig(**{k: v for k, v in flags.items() if v is not None}))  # a flag not given: DemoConfig's default
     return 0
 
@@ -195,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--k", type=int, help="pseudo-skill clusters")
     demo.add_argument("--out-dim", type=int, help="gradient projection width")
     demo.add_argument("--seed", type=int)
+    demo.add_argument("--seeds", type=int, help="independent runs at seeds seed, seed+1, ... (each in out/seed-S): "
+                      "the comparison as mean ± std, the relative gain with its 95%% interval")
+    demo.add_argument("--scenario", choices=["default", "imbalanced"],
+                      help="imbalanced: three small tasks of distinct answer formats, then a large redundant one "
+                           "(yes/no in three phrasings), budgets well below the pool")
     demo.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model trains and generates "
                       "(default auto: the GPU when one is visible, with bf16 autocast)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -71,12 +71,20 @@ def _anon(pid: int) -> int:
 
 
 BASELINE = ["-c", "import torch, adaptinf_fast.cli, adaptinf_fast.lifelong.steps"]  # what every command imports
+# ADAPTINF_BENCH_TREE=DIR: run the commands from a frozen copy of the package in DIR (e.g. `git worktree
+# add DIR HEAD`), ahead of an editable install, so edits to the working tree during a long run do not mix in
+_TREE = os.environ.get("ADAPTINF_BENCH_TREE")
+_FROM_TREE = ("import runpy, sys; sys.meta_path[:] = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]; "
+              f"sys.path.insert(0, {_TREE!r}); runpy.run_module('adaptinf_fast.cli', run_name='__main__')")
 
 
 def run_step(argv: list[str]) -> dict:
     """Run one pool command (or ``BASELINE``); its wall time, peak RSS and peak anonymous memory."""
     t0 = time.perf_counter()
-    cmd = [sys.executable, *argv] if argv is BASELINE else [sys.executable, "-m", "adaptinf_fast.cli", *argv]
+    if argv is BASELINE:
+        cmd = [sys.executable, "-c", _FROM_TREE.split("; runpy")[0] + "; " + argv[1]] if _TREE else [sys.executable, *argv]
+    else:
+        cmd = [sys.executable, "-c", _FROM_TREE, *argv] if _TREE else [sys.executable, "-m", "adaptinf_fast.cli", *argv]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0]
     stop = threading.Event()
@@ -118,7 +126,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     device = device_name()
     out = args.out or ROOT / "bench" / "results" / f"pool-scale-{'gpu' if 'cpu' not in device else 'cpu'}.jsonl"
-    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+    commit = subprocess.run(["git", "-C", _TREE or str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
                             text=True).stdout.strip() or None
     for scale in args.scales:
         n = int(args.n * scale)

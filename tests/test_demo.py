@@ -110,3 +110,41 @@ def test_copa_and_hide_with_the_clip_router_run_in_the_demo(tmp_path):
     assert all(0.0 <= v <= 1.0 for v in hide["routing"]["2"].values())
     record = json.loads((out / "strategy-hide" / "pool" / "stages" / "stage-002" / "hide.json").read_text())
     assert record["router"]["clip"] == str(out / "clip") and (out / "clip" / "config.json").exists()
+
+
+def test_seeds_run_independently_resume_and_report_mean_and_std(tmp_path, capsys):
+    out = tmp_path / "seeds"
+    argv = ["demo", "--tasks", "colours,successor", "--n-train", "16", "--n-test", "8", "--pretrain-epochs", "1",
+            "--epochs", "1", "--budget", "12", "--pool-budget", "20", "--k", "2", "--out-dim", "64", "--compare", "random",
+            "--seeds", "2", "--seed", "3", "--out", str(out), "--no-progress", "--device", "cpu"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [3, 4]
+    mfn = []
+    for seed in (3, 4):  # each seed is a whole demo of its own, with its own data and pre-trained base
+        one = json.loads((out / f"seed-{seed}" / "summary.json").read_text())
+        assert one["config"]["seed"] == seed and (out / f"seed-{seed}" / "base" / "config.json").exists()
+        assert summary["per_seed"][str(seed)] == one["runs"]
+        mfn.append(one["runs"]["adaptinf"]["MFN"])
+    agg = summary["runs"]["adaptinf"]["MFN"]
+    assert agg["values"] == mfn and agg["mean"] == pytest.approx(np.mean(mfn)) and agg["std"] == pytest.approx(np.std(mfn, ddof=1))
+    gain = summary["runs"]["adaptinf"]["relative_gain"]["random"]
+    lo, hi = gain["interval95"]
+    assert lo <= gain["mean"] <= hi and gain["excludes_100"] == (lo > 100 or hi < 100)
+    assert "over 2 seeds (3, 4): mean ± std" in printed and "relative gain adaptinf vs random" in printed
+    assert "selected by source" in printed  # the replay report of every run
+    evals = {p: p.stat().st_mtime_ns for p in out.rglob("eval.json")}
+    assert cli.main(argv) == 0  # resumes: every seed's runs are done, nothing is evaluated again
+    assert {p: p.stat().st_mtime_ns for p in evals} == evals
+
+
+def test_the_imbalanced_scenario_ends_with_a_large_redundant_stage(tmp_path, capsys):
+    out = tmp_path / "imbalanced"
+    assert cli.main(["demo", "--scenario", "imbalanced", "--n-train", "8", "--n-test", "4", "--pretrain-epochs", "1",
+                     "--epochs", "1", "--budget", "6", "--pool-budget", "20", "--out-dim", "64", "--out", str(out),
+                     "--no-progress", "--device", "cpu"]) == 0
+    run = json.loads((out / "adaptinf" / "summary.json").read_text())
+    assert run["tasks"] == ["digits", "colours", "counting", "rephrased"]
+    assert [s["added"] for s in run["stages"]] == [8, 8, 8, 48]  # 16 questions in three phrasings
+    assert "what the clusters of stage 4 hold, by task" in capsys.readouterr().out

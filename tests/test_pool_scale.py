@@ -117,6 +117,7 @@ def test_out_of_core_max_similarity_is_the_references_value_for_value(tmp_path, 
 
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys, threading, time
+    import sklearn.metrics  # imported by the cluster step (agreement with the sources): an import, not the step's memory
     from adaptinf_fast.lifelong import POOL_STEPS, Context, PoolStore, StageConfig, run_steps
 
     def anon():

@@ -9,7 +9,9 @@ images of the three image kinds, used to pre-train the whole model at stage 0; t
 Two more on request (``extra``, generated after the others, so the default tasks do not change):
 ``pairs`` (two images in one record: "are these the same digit ?" → yes / no) and ``captions``
 (a caption task scored by the corpus-level caption metric: "caption the picture ." with two
-reference phrasings per image in ``answers``).
+reference phrasings per image in ``answers``), ``rephrased`` (large and redundant: 2·n_train
+yes/no questions about a square's colour, each asked in three phrasings, so 6·n_train training
+records; its test split asks each once).
 Digit images for training and captions come from the first 1300 of sklearn's 1797 digits, test
 images from the rest, so no test image is seen in training.
 """
@@ -23,7 +25,7 @@ import numpy as np
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (230, 200, 20)}
 TASKS = ("digits", "colours", "counting", "successor")
-EXTRA_TASKS = ("pairs", "captions")
+EXTRA_TASKS = ("pairs", "captions", "rephrased")
 TASK_METRICS = {"captions": "caption"}  # the rest: exact match
 IMAGE_SIZE = 28
 DIGITS_TRAIN = 1300  # sklearn digits below this index feed train/captions, the rest test
@@ -113,6 +115,19 @@ def make_tasks(root: str | Path, n_train: int = 120, n_test: int = 40, seed: int
             b, pb = digit(f"pairs-{i}-b", i if same else i + 1 + i % 9, i >= n_train)
             recs.append(_record(f"pairs-{i}", "are these the same digit ?", "yes" if same else "no", [pa, pb]))
         out["pairs"] = {"train": recs[:n_train], "test": recs[n_train:]}
+    if "rephrased" in extra:  # large and redundant: each (square, question) in three phrasings
+        recs = []
+        phrasings = ("is the square {} ?", "is this square {} ?", "does the picture show a {} square ?")
+        names = list(COLOURS)
+        for i in range(2 * n_train + n_test):
+            answer, path = colour(f"rephrased-{i}", i, i >= 2 * n_train)
+            asked = answer if i % 2 == 0 else names[(names.index(answer) + 1 + i % 3) % len(names)]
+            reply = "yes" if asked == answer else "no"
+            if i < 2 * n_train:
+                recs += [_record(f"rephrased-{i}-{j}", q.format(asked), reply, path) for j, q in enumerate(phrasings)]
+            else:
+                recs.append(_record(f"rephrased-{i}", phrasings[i % 3].format(asked), reply, path))
+        out["rephrased"] = {"train": recs[: 6 * n_train], "test": recs[6 * n_train :]}
     if "captions" in extra:  # references in two phrasings, for the corpus-level caption metric
         recs = []
         for i in range(n_train + n_test):

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..data.demo_tasks import EXTRA_TASKS, TASK_METRICS, TASKS, make_tasks, vocabulary, word_tokenizer
 from ..data.encoder import Encoder, encode_many
+from ..lifelong.composition import format_composition, format_shares
 from ..lifelong.metrics import relative_gain
 from ..lifelong.models import pick_device
 from .._io import atomic_dir, write_json
@@ -34,6 +35,11 @@ from .clip import pretrained_clip
 from .model import tiny_llava
 
 BASELINES = ("random", "full")  # the strategies (lifelong.strategies.STRATEGIES) run with Adapt-∞ selection
+# Where Adapt-∞'s claim can show: three small tasks of distinct answer formats (digit names, colours,
+# counts), then a large, redundant one (yes/no questions about squares, each in three phrasings:
+# 6 x 40 records), with a per-stage budget and a pool budget well below the pool.
+SCENARIOS = {"imbalanced": {"tasks": ("digits", "colours", "counting", "rephrased"), "n_train": 40,
+                            "budget": 40, "pool_budget": 120, "k": 8}}
 
 
 class DemoConfig(Strict):
@@ -57,7 +63,18 @@ class DemoConfig(Strict):
     rules: Literal["adaptinf", "release"] = "adaptinf"
     progress: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when one is visible (bf16 autocast there)
+    seeds: int = Field(1, ge=1)  # independent runs at seed, seed + 1, ...: mean ± std over them
+    scenario: Literal["default", "imbalanced"] = "default"
     extra: dict = Field(default_factory=dict)  # RunConfig sections to override (tests)
+
+    @model_validator(mode="after")
+    def _scenario(self):
+        """``imbalanced``: its tasks and sizes, for every setting not given explicitly."""
+        if self.scenario == "imbalanced":
+            for name, value in SCENARIOS["imbalanced"].items():
+                if name not in self.model_fields_set:
+                    object.__setattr__(self, name, value)
+        return self
 
     @model_validator(mode="after")
     def _check(self):
@@ -131,6 +148,29 @@ def run_config(cfg: DemoConfig, method: str) -> RunConfig:
 
 
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
+    """The demo (see the module docstring); with ``seeds`` > 1, one independent demo per seed in
+    ``out/seed-S`` (each resumable on its own) and their comparison as mean ± std."""
+    if cfg.seeds > 1:
+        return run_seeds(cfg, say)
+    return run_one(cfg, say)
+
+
+def run_seeds(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
+    t_start = time.perf_counter()
+    per_seed = {}
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        say(f"\n######## seed {seed} ({seed - cfg.seed + 1} of {cfg.seeds}): {cfg.out / f'seed-{seed}'}")
+        one = cfg.model_copy(update={"seed": seed, "seeds": 1, "out": cfg.out / f"seed-{seed}"})
+        per_seed[seed] = run_one(one, say)
+    summary = over_seeds(per_seed, cfg)
+    summary["seconds"] = round(time.perf_counter() - t_start, 1)
+    write_json(cfg.out / "summary.json", summary)
+    say(format_over_seeds(summary))
+    say(f"\nwrote {cfg.out / 'summary.json'} and one folder per seed under {cfg.out} (total {summary['seconds']:.0f} s)")
+    return summary
+
+
+def run_one(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     t_start = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
     data = make_tasks(cfg.out / "tasks", n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed,
@@ -153,6 +193,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
                                       model_info={"base": str((cfg.out / "base").resolve())}).run()
         results[method]["seconds"] = round(time.perf_counter() - t0, 1)
         say(format_matrix(results[method]))
+        say(replay_report(folder / "pool"))
     summary = compare(results, cfg)
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
     write_json(cfg.out / "summary.json", summary)
@@ -160,6 +201,24 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict:
     say(f"\nwrote {cfg.out / 'summary.json'}, accuracy heatmaps and pool plots under {cfg.out} "
         f"(total {summary['seconds']:.0f} s)")
     return summary
+
+
+def replay_report(pool: Path) -> str:
+    """Per stage, what the selection took from each task (its share of the pool → of the selection),
+    and what the last stage's clusters hold by task: whether old skills were replayed."""
+    import json
+
+    lines = []
+    stages = sorted(pool.glob("stages/stage-*"))
+    for d in stages:
+        rec = json.loads((d / "record.json").read_text()) if (d / "record.json").exists() else {}
+        if rec.get("select", {}).get("by_source"):
+            lines.append(f"stage {int(d.name[6:])}" + format_shares(rec["select"]["by_source"], "selected")[1:])
+    last = next((d / "cluster.json" for d in reversed(stages) if (d / "cluster.json").exists()), None)
+    if last is not None:
+        lines.append(f"what the clusters of stage {int(last.parent.name[6:])} hold, by task:")
+        lines += format_composition(json.loads(last.read_text()))
+    return "\n".join(lines)
 
 
 def compare(results: dict[str, dict], cfg: DemoConfig) -> dict:
@@ -189,4 +248,65 @@ def format_comparison(summary: dict) -> str:
     gains = [f"{m} vs {b}: {g:.1f}" for m, r in runs.items() for b, g in r["relative_gain"].items() if m == "adaptinf"]
     if gains:
         lines.append("relative gain (100 = the baseline's final scores): " + ", ".join(gains))
+    return "\n".join(lines)
+
+
+METRIC_KEYS = ("MFT", "MFN", "MAA", "BWT", "forgetting", "FWT")
+
+
+def mean_std(values: list[float]) -> dict:
+    """{"mean", "std" (sample, ddof 1; 0 for one value), "values"} of finite values (NaN kept out)."""
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    return {"mean": float(v.mean()) if v.size else float("nan"), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+            "values": [None if x is None or not np.isfinite(x) else float(x) for x in values]}
+
+
+def interval95(values: list[float]) -> tuple[float, float]:
+    """Student's t 95% interval of the mean."""
+    from scipy import stats
+
+    v = np.array([x for x in values if np.isfinite(x)], dtype=np.float64)
+    if v.size < 2:
+        return float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+def over_seeds(per_seed: dict[int, dict], cfg: DemoConfig) -> dict:
+    """Every run's metrics as mean ± std over the seeds (each seed's value kept), Adapt-∞'s relative
+    gains against the baselines with their 95% intervals and whether those exclude 100."""
+    seeds = list(per_seed)
+    methods = list(per_seed[seeds[0]]["runs"])
+    runs = {}
+    for m in methods:
+        rows = [per_seed[s]["runs"][m] for s in seeds]
+        runs[m] = {k: mean_std([r.get(k) for r in rows]) for k in METRIC_KEYS + ("trained_samples", "final_pool", "seconds")}
+        gains = {}
+        for b in methods:
+            if b == m:
+                continue
+            values = [r["relative_gain"].get(b, float("nan")) for r in rows]
+            lo, hi = interval95(values)
+            gains[b] = {**mean_std(values), "interval95": [lo, hi],
+                        "excludes_100": bool(np.isfinite(lo) and (lo > 100 or hi < 100))}
+        runs[m]["relative_gain"] = gains
+    return {"config": cfg.model_dump(mode="json"), "seeds": seeds, "tasks": per_seed[seeds[0]]["tasks"],
+            "runs": runs, "per_seed": {str(s): per_seed[s]["runs"] for s in seeds}}
+
+
+def format_over_seeds(summary: dict) -> str:
+    n = len(summary["seeds"])
+    lines = [f"\nover {n} seeds ({', '.join(map(str, summary['seeds']))}): mean ± std",
+             "run (selection, strategy)   trained on " + "".join(f"{k:>16}" for k in METRIC_KEYS)]
+    for method, r in summary["runs"].items():
+        label = {"adaptinf": "adaptinf, sequential"}.get(method, f"adaptinf, {method}" if method in STRATEGIES
+                                                         else f"{method}, sequential")
+        lines.append(f"{label:<27} {r['trained_samples']['mean']:>10.0f} "
+                     + "".join(f"{r[k]['mean']:>9.3f} ± {r[k]['std']:<5.3f}" for k in METRIC_KEYS))
+    gains = summary["runs"].get("adaptinf", {}).get("relative_gain", {})
+    for b, g in gains.items():
+        lo, hi = g["interval95"]
+        verdict = ("the interval excludes 100" if g["excludes_100"] else "the interval includes 100: no difference shown")
+        lines.append(f"relative gain adaptinf vs {b}: {g['mean']:.1f} ± {g['std']:.1f} (95% interval {lo:.1f} .. {hi:.1f}; "
+                     f"{verdict})")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -37,8 +38,15 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16",
                    help="how a model's features are stored (read through a memory map, never loaded whole)")
+    p.add_argument("--compare-layers", default=None,
+                   help="instead of the features step: compare layer choices (e.g. 'last;all;0,1') on a sample of the "
+                        "pool with --model: silhouette and agreement with the sources at --k, written to layers.json")
+    p.add_argument("--sample", type=int, default=2000, help="records of the pool --compare-layers uses")
+    p.add_argument("--k", type=_k_arg, default=10, help="K for --compare-layers")
     p = pool_cmd("cluster", "spherical k-means pseudo-skills on the features")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=_k_arg, default=10,
+                   help="K, 'auto' (chosen on a sample: inertia, silhouette, agreement with the sources per K, "
+                        "largest silhouette wins, ties to the smaller K) or a comma-separated list of candidates")
     p.add_argument("--rows-in-memory", type=int, default=None,
                    help="feature rows per streamed k-means chunk (default: 256 MiB of float32 rows)")
     p.add_argument("--elbow", default=None, help="comma-separated K values: print inertia per K and write "
@@ -54,7 +62,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--pool-budget", type=int, help="Adapt-∞ budget mode: pool size to keep")
     g.add_argument("--eps", type=float, help="SemDeDup threshold mode")
     p.add_argument("--rows-in-memory", type=int, default=None,
-                   help="feature rows of one pruning group (default 1M); a larger cluster is tiled out of core")
+                   help="feature rows of one pruning group (default: 512 MiB of float32 rows); a larger cluster is tiled out of core")
     p = sub.add_parser("status", help="counts by status and stage, cluster sizes, selector per cluster")
     p.add_argument("--pool", required=True, type=Path)
     p = sub.add_parser("stage", help="run (or resume) whole stages from a YAML/TOML config")
@@ -63,6 +71,18 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("plots", help="write PNG plots of the pool")
     p.add_argument("--pool", required=True, type=Path)
     p.add_argument("--out", type=Path, default=None)
+
+
+def _k_arg(text: str):
+    """--k: an int, 'auto' or a comma-separated list of candidate Ks."""
+    text = str(text)
+    if text == "auto":
+        return "auto"
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--k is {text!r}; expected an int, 'auto' or a list like 4,8,16") from None
+    return values[0] if len(values) == 1 else values
 
 
 def _current_stage(pool: PoolStore, step: str) -> int:
@@ -116,6 +136,8 @@ def _pool_step(pool: PoolStore, cmd: str, args) -> int:
         print(format_elbow(rows))
         print(plot_elbow(rows, pool.stage_dir(t) / "elbow.png"))
         return 0
+    if cmd == "features" and args.compare_layers:
+        return _compare_layers(pool, t, args)
     fields = {k: getattr(args, k) for k in ("data", "source", "features_from", "model", "out_dim", "batch_size",
                                             "k", "budget", "method", "seed", "rules", "dtype", "rows_in_memory")
               if getattr(args, k, None) is not None}
@@ -137,11 +159,56 @@ def _pool_step(pool: PoolStore, cmd: str, args) -> int:
         print(f"stage {t}: {cmd} already done")
         return 0
     run_steps(cfg, Context(pool), steps=(cmd,), plan=POOL_STEPS)
-    print(json.dumps({"stage": t, cmd: StageDir(pool, t).record().get(cmd)}))
+    rec = StageDir(pool, t).record().get(cmd) or {}
+    if cmd == "cluster":
+        _print_cluster(StageDir(pool, t), rec)
+    print(json.dumps({"stage": t, cmd: rec}))  # last: one JSON line for scripts
+    return 0
+
+
+def _print_cluster(sd, rec: dict) -> None:
+    from .choose_k import format_k_report
+    from .composition import format_composition
+
+    if "k_report" in rec:
+        print(f"stage {sd.t}: K chosen {rec['k']}")
+        print("\n".join(format_k_report(rec["k_report"])))
+    if sd.cluster_json.exists():
+        print(f"stage {sd.t}: what the clusters hold, by source")
+        print("\n".join(format_composition(json.loads(sd.cluster_json.read_text()))))
+
+
+def _compare_layers(pool: PoolStore, t: int, args) -> int:
+    """``features --compare-layers``: the layer choices side by side on a sample of the pool."""
+    import random
+
+    from .._io import write_json
+    from .choose_k import compare_layers
+
+    if not args.model:
+        raise ValueError("--compare-layers needs --model (a saved PEFT adapter folder)")
+    if not isinstance(args.k, int):
+        raise ValueError("--compare-layers clusters at one K: pass --k N")
+    choices = [c if c in ("last", "all") else [int(i) for i in c.split(",")] for c in args.compare_layers.split(";")]
+    rows = [r for r in pool.rows if r["status"] != "pruned"]
+    rows = sorted(random.Random(args.seed).sample(rows, min(args.sample, len(rows))), key=lambda r: r["id"])
+    by_id = {r["id"]: r["source"] for r in rows}
+    records = pool.records(list(by_id))
+    report = compare_layers(args.model, records, [by_id[r["id"]] for r in records], choices, k=args.k,
+                            out_dim=args.out_dim, seed=args.seed, batch_size=args.batch_size)
+    print(f"layers compared on {len(records)} pool records at K={args.k} (out_dim {args.out_dim}):")
+    print(f"  {'layers':>10} {'parameters':>12} {'silhouette':>11} {'purity':>7} {'NMI':>6} {'ARI':>6}")
+    for r in report:
+        print(f"  {r['layers']:>10} {r['parameters']:>12,} {r['silhouette']:>11.3f} {r['purity']:>7.3f} "
+              f"{r['nmi']:>6.3f} {r['ari']:>6.3f}")
+    pool.stage_dir(t).mkdir(parents=True, exist_ok=True)
+    write_json(pool.stage_dir(t) / "layers.json", {"k": args.k, "sample": len(records), "rows": report})
+    print(f"wrote {pool.stage_dir(t) / 'layers.json'}")
     return 0
 
 
 def status(pool: PoolStore) -> int:
+    from .composition import format_composition, format_shares
     from .pool import STATUSES
     from .steps import POOL_STEPS, STEPS
 
@@ -164,12 +231,19 @@ def status(pool: PoolStore) -> int:
         rec = json.loads(path.read_text()) if path.exists() else {}
         if "sizes" in rec.get("cluster", {}):
             print(f"  cluster sizes: {rec['cluster']['sizes']}")
+            comp_file = pool.stage_dir(t) / "cluster.json"
+            if comp_file.exists():
+                print("\n".join(format_composition(json.loads(comp_file.read_text()))))
         if "selectors" in rec.get("select", {}):
             print(f"  selector per cluster: {rec['select']['selectors']}")
         if "select" in rec:
             print(f"  selected {rec['select']['selected']} ({rec['select']['method']})")
+            if "by_source" in rec["select"]:
+                print(format_shares(rec["select"]["by_source"], "selected"))
         if "prune" in rec:
             print(f"  pruned {rec['prune']['pruned']}; pool after {rec['prune']['pool_after']}")
+            if rec["prune"].get("by_source") and rec["prune"]["pruned"]:
+                print(format_shares(rec["prune"]["by_source"], "pruned"))
     memory_outlook(pool)
     return 0
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -53,7 +53,7 @@ def _problems(errors: list[str]) -> None:
 class FeatureSettings(Strict):
     """``dtype``: how features are stored on disk (16-bit; read through a memory map, never loaded
     whole); ``rows_in_memory``: feature rows resident at once in the cluster and prune steps (k-means
-    chunks, pruning groups; default: 256 MiB of float32 rows per k-means chunk, 1M rows per group)."""
+    chunks, pruning groups; default: 256 MiB of float32 rows per k-means chunk, 512 MiB per group)."""
 
     layers: Layers = "last"
     out_dim: int = Field(8192, ge=1)
@@ -69,7 +69,9 @@ class SelectionSettings(Strict):
     ``eps``) or ``none``; ``rules``: ours or the release's (README: where we differ)."""
 
     method: str = "adaptinf"
-    k: int = Field(10, ge=1)
+    # K of the pseudo-skill clusters; "auto" or a list of candidates: chosen per stage on a sample
+    # (lifelong/choose_k.py: largest silhouette, the smallest K within 0.02 of it)
+    k: Union[Annotated[int, Field(ge=1)], Literal["auto"], Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)]] = 10
     budget: int = Field(1000, ge=0)
     pool_budget: Optional[int] = Field(None, ge=0)
     prune: Optional[Literal["budget", "threshold", "none"]] = None

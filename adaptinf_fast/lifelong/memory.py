@@ -31,10 +31,10 @@ from __future__ import annotations
 import math
 
 from ..ops.dedup.reference import COL_CHUNK, ROW_TILE
-from ..ops.dedup.streamed import DEFAULT_MAX_ROWS
+from ..ops.dedup.streamed import default_rows
 from ..ops.kmeans.lloyd import CHUNK_BYTES
 
-MANIFEST_BYTES_PER_SAMPLE = 600  # a manifest row as a Python dict (measured order of magnitude)
+MANIFEST_BYTES_PER_SAMPLE = 400  # a manifest row as a Python dict, keys and repeated values interned (measured ~350)
 ORDER_CHUNK_BYTES = 64 << 20  # ops.dedup: float32 bytes of one chunk of the order pass
 
 
@@ -44,7 +44,7 @@ def estimate(n: int, d: int, k: int, *, largest_cluster: int | None = None, stor
     """Peak bytes each step allocates (see the module docstring), plus ``manifest``."""
     c = min(n, chunk_rows or max(1, CHUNK_BYTES // (4 * max(d, 1))))
     n_max = largest_cluster if largest_cluster is not None else n
-    cap = max_rows or DEFAULT_MAX_ROWS
+    cap = max_rows or default_rows(d)
     g = n_max if n_max <= cap else max(ROW_TILE, cap - COL_CHUNK) + COL_CHUNK  # out of core: rows + a column chunk
     m = min(n, max(10_000, 20 * k))
     trials = 2 + int(math.log(max(k, 1)))

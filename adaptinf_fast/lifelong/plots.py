@@ -1,5 +1,6 @@
-"""PNG plots of a pool: cluster sizes, selector per cluster, score distributions with CCS bins,
-pool size across stages."""
+"""PNG plots of a pool: what each stage's clusters hold by source (or their sizes), the pool, selection
+and pruned shares per source, selector per cluster, score distributions with CCS bins, pool size
+across stages."""
 
 from __future__ import annotations
 
@@ -27,11 +28,37 @@ def write_plots(pool_dir: str | Path, out_dir: str | Path | None = None) -> list
         rec = json.loads((d / "record.json").read_text()) if (d / "record.json").exists() else {}
         if "prune" in rec:
             sizes_by_stage.append((t, rec["prune"]["pool_after"]))
-        if "sizes" in rec.get("cluster", {}):
+        if (d / "cluster.json").exists():  # a stacked bar per cluster: what it holds, by source
+            comp = json.loads((d / "cluster.json").read_text())
+            fig, ax = plt.subplots(figsize=(6, 3))
+            bottom = [0] * len(comp["sizes"])
+            for j, source in enumerate(comp["sources"]):
+                counts = [row[j] for row in comp["counts"]]
+                ax.bar(range(len(counts)), counts, bottom=bottom, label=source)
+                bottom = [b + c for b, c in zip(bottom, counts)]
+            o = comp["overall"]
+            ax.set(xlabel="cluster", ylabel="samples",
+                   title=f"stage {t}: clusters by source (purity {o['purity']}, NMI {o['nmi']})")
+            ax.legend(fontsize=7)
+            written.append(_save(fig, out / f"stage-{t:03d}-cluster-sources.png"))
+        elif "sizes" in rec.get("cluster", {}):
             fig, ax = plt.subplots(figsize=(6, 3))
             ax.bar(range(len(rec["cluster"]["sizes"])), rec["cluster"]["sizes"])
             ax.set(xlabel="cluster", ylabel="samples", title=f"stage {t}: cluster sizes")
             written.append(_save(fig, out / f"stage-{t:03d}-cluster-sizes.png"))
+        shares = {what: rec.get(step, {}).get("by_source") for what, step in (("selected", "select"), ("pruned", "prune"))}
+        if shares["selected"]:  # per source: its share of the pool, of the selection, of what was pruned
+            names = list(shares["selected"])
+            fig, ax = plt.subplots(figsize=(6, 3))
+            width = 0.27
+            series = [("pool", [shares["selected"][n]["pool_share"] for n in names])]
+            series += [(what, [v[n]["picked_share"] if n in v else 0.0 for n in names]) for what, v in shares.items() if v]
+            for i, (label, values) in enumerate(series):
+                ax.bar([x + (i - 1) * width for x in range(len(names))], values, width, label=label)
+            ax.set_xticks(range(len(names)), names)
+            ax.set(ylabel="share", title=f"stage {t}: the pool, the selection and the pruned, by source")
+            ax.legend(fontsize=7)
+            written.append(_save(fig, out / f"stage-{t:03d}-source-shares.png"))
         selectors = rec.get("select", {}).get("selectors")
         if selectors:
             names = sorted(set(selectors.values()))

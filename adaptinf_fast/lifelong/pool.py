@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .._io import read_jsonl, write_json, write_jsonl
+from .._io import iter_jsonl, write_json, write_jsonl
 
 STATUSES = ("pool", "selected", "pruned")
 
@@ -35,6 +35,16 @@ class PoolState:
 
     def finished(self, stage: int, step: str) -> bool:
         return step in self.done.get(str(stage), [])
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """The manifest's rows, with their keys and repeated values (source, status, reason) interned:
+    ~350 bytes a row in memory instead of ~2 KB (pools of millions)."""
+    import sys
+
+    intern = sys.intern
+    return [{intern(k): (intern(v) if k != "id" and v.__class__ is str else v) for k, v in row.items()}
+            for row in iter_jsonl(path)]
 
 
 class PoolStore:
@@ -57,7 +67,7 @@ class PoolStore:
         if doc.get("version") != 1:
             raise ValueError(f"{state_file}: unsupported pool version {doc.get('version')}")
         self.state = PoolState(doc["stage"], doc["manifest"], doc["done"])
-        self.rows: list[dict] = read_jsonl(self.root / self.state.manifest) if self.state.manifest else []
+        self.rows: list[dict] = read_manifest(self.root / self.state.manifest) if self.state.manifest else []
 
     # -- reading --------------------------------------------------------------------------------
     def stage_dir(self, stage: int) -> Path:
@@ -71,7 +81,7 @@ class PoolStore:
         """The stored records for the given ids, in that order."""
         wanted = {i: None for i in ids}
         for path in sorted((self.root / "data").glob("*.jsonl")):
-            for rec in read_jsonl(path):
+            for rec in iter_jsonl(path):  # streamed: only the wanted records are kept
                 if rec["id"] in wanted:
                     wanted[rec["id"]] = rec
         missing = [i for i, r in wanted.items() if r is None]

@@ -21,16 +21,18 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
-from .._io import atomic_write, fault_point, read_jsonl, write_json, write_jsonl
+from .._io import atomic_write, fault_point, iter_jsonl, write_json, write_jsonl
 from ..features.featureset import FeatureSet
 from ..featureview import FeatureView, Segment, open_array, to_storage
 from ..ops.kmeans import KMeans
 from ..selection.policy import prune_mask, release_subset, select_subset
+from .choose_k import choose_k
+from .composition import cluster_composition, source_shares
 from .config import StageConfig
 from .pool import PoolStore
 
@@ -48,7 +50,7 @@ class StageDir:
         self.path = pool.stage_dir(t)
         p = self.path
         self.features_json, self.features_npy, self.shards = p / "features.json", p / "features.npy", p / "feature-shards"
-        self.labels_npy, self.centroids_npy = p / "labels.npy", p / "centroids.npy"
+        self.labels_npy, self.centroids_npy, self.cluster_json = p / "labels.npy", p / "centroids.npy", p / "cluster.json"
         self.selection_json, self.prune_json = p / "selection.json", p / "prune.json"
         self.adapter, self.train_ckpt, self.eval_json = p / "adapter", p / "train-ckpt", p / "eval.json"
         # merges: the merged model after this stage; routed strategies: the router's task anchors
@@ -125,10 +127,11 @@ class Context:
 Outcome = tuple[dict, "list[dict] | None"]
 
 
-def read_records(path: str | Path) -> list:
+def read_records(path: str | Path) -> Iterable:
+    """The records of a .jsonl file (streamed, one at a time) or of a JSON list."""
     p = Path(path)
     if p.suffix == ".jsonl":
-        return read_jsonl(p)
+        return iter_jsonl(p)
     doc = json.loads(p.read_text())
     if not isinstance(doc, list):
         raise ValueError(f"{p}: expected a JSON list of records or a .jsonl file")
@@ -149,30 +152,36 @@ def _skipped(cfg: StageConfig, step: str) -> Outcome:
 
 def add(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
     pool = ctx.pool
-    rows = [dict(r) for r in pool.rows]
+    rows = list(pool.rows)  # rows are never changed in place: the new manifest shares the unchanged ones
     info: dict[str, Any] = {"source": cfg.source, "added": 0, "skipped": []}
     if cfg.data is None:
         return info, rows
-    good, seen, duplicates = [], {r["id"] for r in rows}, []
-    for i, rec in enumerate(read_records(cfg.data)):
-        if not isinstance(rec, dict) or "id" not in rec:
-            info["skipped"].append([i, "record has no 'id'"])
-        elif not ("conversations" in rec or "input_ids" in rec):
-            info["skipped"].append([rec["id"], "record has neither 'conversations' nor 'input_ids'"])
-        elif rec["id"] in seen:
-            duplicates.append(rec["id"])
-        else:
-            seen.add(rec["id"])
-            good.append(rec)
+    added, seen, duplicates = [], {r["id"] for r in rows}, []
+
+    def good_records():  # streamed from a .jsonl: only the ids are kept in memory
+        for i, rec in enumerate(read_records(cfg.data)):
+            if not isinstance(rec, dict) or "id" not in rec:
+                info["skipped"].append([i, "record has no 'id'"])
+            elif not ("conversations" in rec or "input_ids" in rec):
+                info["skipped"].append([rec["id"], "record has neither 'conversations' nor 'input_ids'"])
+            elif rec["id"] in seen:
+                duplicates.append(rec["id"])
+            else:
+                seen.add(rec["id"])
+                added.append(rec["id"])
+                yield rec
+
+    data_file = pool.root / "data" / f"{cfg.source}-{sd.t:03d}.jsonl"
+    write_jsonl(data_file, good_records())
     if duplicates:
+        data_file.unlink()
         raise ValueError(f"{len(duplicates)} duplicate id(s) in {cfg.data} or already in the pool "
                          f"(first: {duplicates[:5]}); nothing was added")
     for item_id, why in info["skipped"]:
         log.warning("add: skipped %r: %s", item_id, why)
-    write_jsonl(pool.root / "data" / f"{cfg.source}-{sd.t:03d}.jsonl", good)
-    rows += [{"id": r["id"], "source": cfg.source, "stage_added": sd.t, "status": "pool", "status_stage": sd.t,
-              "reason": None, "times_selected": 0} for r in good]
-    info["added"] = len(good)
+    rows += [{"id": i, "source": cfg.source, "stage_added": sd.t, "status": "pool", "status_stage": sd.t,
+              "reason": None, "times_selected": 0} for i in added]
+    info["added"] = len(added)
     return info, rows
 
 
@@ -255,25 +264,40 @@ def cluster(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
     if not cfg.needs_features:
         return _skipped(cfg, "cluster")
     fs = sd.features()
-    if cfg.k > len(fs):
-        raise ValueError(f"k={cfg.k} is larger than the pool ({len(fs)} samples with features)")
+    k, report = cfg.k, None
+    if not isinstance(k, int):  # "auto" or candidates: chosen on a sample (every rank, same sample and seed)
+        report = choose_k(fs.features, None if k == "auto" else list(k), seed=cfg.seed,
+                          sources=_sources(ctx.pool, fs.ids), device=_compute_device())
+        k = report["chosen"]
+    if k > len(fs):
+        raise ValueError(f"k={k} is larger than the pool ({len(fs)} samples with features)")
     x, dist = fs.features, ctx.dist
     if dist:  # each process clusters a contiguous shard; the centres are those of the whole pool
         world, rank = dist.get_world_size(), dist.get_rank()
         bounds = [len(fs) * r // world for r in range(world + 1)]
         x = x.sub(bounds[rank], bounds[rank + 1])
-    km = KMeans(cfg.k, metric="cosine", n_init=3, seed=cfg.seed, progress=ctx.progress,
+    km = KMeans(k, metric="cosine", n_init=3, seed=cfg.seed, progress=ctx.progress,
                 chunk_rows=cfg.rows_in_memory, device=_compute_device()).fit(x)
     labels = km.labels_.cpu()
     if dist:
         parts: list = [None] * world
         dist.all_gather_object(parts, labels)
         labels = torch.cat(parts)
+    sizes = torch.bincount(labels, minlength=k).tolist()
+    info = {"k": k, "sizes": sizes, "inertia": round(km.inertia_, 4), **({"k_report": report} if report else {})}
     if ctx.rank == 0:
         atomic_write(sd.labels_npy, lambda f: np.save(f, labels.numpy()))
         atomic_write(sd.centroids_npy, lambda f: np.save(f, km.cluster_centers_.cpu().numpy()))
-    sizes = torch.bincount(labels, minlength=cfg.k).tolist()
-    return {"k": cfg.k, "sizes": sizes, "inertia": round(km.inertia_, 4)}, None
+        comp = cluster_composition(labels.numpy(), _sources(ctx.pool, fs.ids), k)
+        write_json(sd.cluster_json, comp)
+        info["agreement_with_sources"] = comp["overall"]
+    return info, None
+
+
+def _sources(pool: PoolStore, ids: list) -> list[str]:
+    """The data source of each id (as added)."""
+    of = {r["id"]: r["source"] for r in pool.rows}
+    return [of[i] for i in ids]
 
 
 def select(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
@@ -299,15 +323,15 @@ def select(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
     info.update(extra)
     chosen_ids = [fs.ids[i] for i in sorted(chosen.tolist())]
     info["selected"] = len(chosen_ids)
+    info["by_source"] = source_shares(_sources(ctx.pool, fs.ids), _sources(ctx.pool, chosen_ids))
     write_json(sd.selection_json, {"ids": chosen_ids})
     picked, rows = set(chosen_ids), []
-    for r in ctx.pool.rows:
-        r = dict(r)
+    for r in ctx.pool.rows:  # changed rows are new dicts; unchanged ones are shared with the old manifest
         if r["status"] != "pruned":
             if r["id"] in picked:
-                r.update(status="selected", status_stage=sd.t, times_selected=r["times_selected"] + 1)
+                r = {**r, "status": "selected", "status_stage": sd.t, "times_selected": r["times_selected"] + 1}
             elif r["status"] == "selected":
-                r.update(status="pool", status_stage=sd.t)
+                r = {**r, "status": "pool", "status_stage": sd.t}
         rows.append(r)
     return info, rows
 
@@ -341,15 +365,12 @@ def prune(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
         info["eps"], reason = cfg.eps, f"semdedup eps={cfg.eps}"
     pruned = {fs.ids[i] for i in drop.nonzero().flatten().tolist()}
     info["pruned"] = len(pruned)
+    info["by_source"] = source_shares(_sources(ctx.pool, fs.ids), _sources(ctx.pool, [i for i in fs.ids if i in pruned]))
     if ctx.rank != 0:  # every rank computed its clusters; rank 0 writes and commits
         return info, None
     write_json(sd.prune_json, {"ids": [i for i in fs.ids if i in pruned], "reason": reason})
-    rows = []
-    for r in ctx.pool.rows:
-        r = dict(r)
-        if r["id"] in pruned:
-            r.update(status="pruned", status_stage=sd.t, reason=reason)
-        rows.append(r)
+    rows = [{**r, "status": "pruned", "status_stage": sd.t, "reason": reason} if r["id"] in pruned else r
+            for r in ctx.pool.rows]
     info["pool_after"] = sum(r["status"] != "pruned" for r in rows)
     return info, rows
 

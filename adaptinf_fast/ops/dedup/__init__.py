@@ -51,7 +51,7 @@ def cluster_max_similarity(x: Any, labels: Any, *, order: Any = None, exact: boo
         device: where to compute (default: x's device; the CPU for a view).
         max_rows: cluster by cluster (``streamed.py``): groups of clusters of at most this many rows
             are gathered and computed in turn, a larger cluster out of core; the default for a
-            ``FeatureView`` x (1M rows), off for a tensor unless given.
+            ``FeatureView`` x (512 MiB of float32 rows), off for a tensor unless given.
         distributed: under an initialised ``torch.distributed`` group, split the clusters over the
             ranks (each passes the same x and labels) and give every rank all results.
 
@@ -96,7 +96,7 @@ def _streamed(x: Any, labels: Any, order: Any, *, exact: bool, nonfinite: str, b
     name, impl = resolve("cluster_max_similarity", backend, device)
     kw = {"exact": exact} if name in ("triton", "cuda") else {}
     return streamed.max_similarity(x, labels, order, impl=impl, exact_kw=kw, device=device,
-                                   max_rows=max_rows or streamed.DEFAULT_MAX_ROWS, distributed=distributed,
+                                   max_rows=max_rows, distributed=distributed,
                                    progress=progress)
 
 

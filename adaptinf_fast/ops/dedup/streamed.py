@@ -14,7 +14,8 @@ Across ranks, clusters go to ranks by cost (n_c², longest-processing-time first
 computes its clusters and the O(N) results are summed onto every rank (each row is owned by one).
 
 Memory: O(N) scalars (labels, order, results) plus one group, ``max_rows`` × D × (2 read + 4 float32
-+ 2 screened) bytes on the compute device; out of core, ``max_rows`` + ``COL_CHUNK`` rows.
++ 2 screened) bytes on the compute device (default ``max_rows``: 512 MiB of float32 rows); out of
+core, ``max_rows`` rows in all (a super-block and a column chunk).
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ import torch
 from ..._io import fault_point, progress_bar
 from .reference import COL_CHUNK, ROW_TILE, cluster_major, cluster_offsets
 
-DEFAULT_MAX_ROWS = 1 << 20  # rows of one resident group (1M x D=1024: 4 GiB as float32)
+GROUP_BYTES = 512 << 20  # float32 bytes of one resident group by default
+
+
+def default_rows(d: int) -> int:
+    """Rows of one group by default: 512 MiB as float32 (D=256: 512k rows; D=8192: 16k rows), and
+    room for an out-of-core super-block beside its column chunk."""
+    return max(ROW_TILE + COL_CHUNK, GROUP_BYTES // (4 * max(d, 1)))
 
 
 def assign_clusters(costs: list[int], world: int) -> list[list[int]]:
@@ -57,7 +64,7 @@ def _rows(x: Any, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def max_similarity(x: Any, labels: torch.Tensor, order: torch.Tensor, *, impl, exact_kw: dict,
-                   device: torch.device, max_rows: int = DEFAULT_MAX_ROWS, distributed: bool = False,
+                   device: torch.device, max_rows: int | None = None, distributed: bool = False,
                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(M float32 (N,), index int64 (N,)) as ``cluster_max_similarity`` defines them, on the CPU.
 
@@ -65,6 +72,7 @@ def max_similarity(x: Any, labels: torch.Tensor, order: torch.Tensor, *, impl, e
     backend module whose ``max_similarity(xn, labels, order, progress, **exact_kw)`` computes
     groups in memory on ``device``."""
     n = labels.numel()
+    max_rows = max_rows or default_rows(x.shape[1])
     perm = cluster_major(labels, order)  # cluster by cluster, each in ``order``
     spans = cluster_offsets(labels[perm]) if n else []
     dist = _comm(distributed)
@@ -141,4 +149,4 @@ def _out_of_core(x: Any, members: torch.Tensor, device: torch.device, max_rows: 
     return best.cpu(), arg.cpu()
 
 
-__all__ = ["DEFAULT_MAX_ROWS", "assign_clusters", "max_similarity"]
+__all__ = ["GROUP_BYTES", "assign_clusters", "default_rows", "max_similarity"]
