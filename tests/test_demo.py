@@ -93,23 +93,26 @@ def test_a_multi_image_task_and_a_caption_task_run_in_the_demo(tmp_path):
     assert all(len(r["image"]) == 2 for r in records)
 
 
-def test_copa_and_hide_with_the_clip_router_run_in_the_demo(tmp_path):
-    """`--compare merge:copa,hide` end to end: CoPA merges after every stage, HiDe routes with the
-    tiny CLIP the demo trains (its folder recorded), routing accuracy per task in [0, 1]."""
+def test_copa_hide_disco_and_modalprompt_with_the_clip_router_run_in_the_demo(tmp_path):
+    """`--compare merge:copa,hide,disco,modalprompt` end to end: CoPA merges after every stage; HiDe,
+    DISCO and ModalPrompt route with the tiny CLIP the demo trains (its folder recorded), routing or
+    prompt-selection accuracy per task in [0, 1] after each stage."""
     out = tmp_path / "strategies"
     assert cli.main(["demo", "--tasks", "colours,successor", "--n-train", "16", "--n-test", "8", "--pretrain-epochs",
                      "1", "--epochs", "1", "--budget", "12", "--pool-budget", "20", "--k", "2", "--out-dim", "64",
-                     "--compare", "merge:copa,hide", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+                     "--compare", "merge:copa,hide,disco,modalprompt", "--out", str(out), "--no-progress",
+                     "--device", "cpu"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["runs"]) == {"adaptinf", "merge:copa", "hide"}
+    assert set(summary["runs"]) == {"adaptinf", "merge:copa", "hide", "disco", "modalprompt"}
     copa = json.loads((out / "strategy-merge-copa" / "summary.json").read_text())
     assert copa["strategy"] == "merge:copa" and len(copa["accuracy"]) == 3
-    hide = json.loads((out / "strategy-hide" / "summary.json").read_text())
-    assert hide["strategy"] == "hide" and set(hide["routing"]) == {"1", "2"}  # after each stage
-    assert set(hide["routing"]["1"]) == {"colours"} and set(hide["routing"]["2"]) == {"colours", "successor"}
-    assert all(0.0 <= v <= 1.0 for v in hide["routing"]["2"].values())
-    record = json.loads((out / "strategy-hide" / "pool" / "stages" / "stage-002" / "hide.json").read_text())
-    assert record["router"]["clip"] == str(out / "clip") and (out / "clip" / "config.json").exists()
+    for name in ("hide", "disco", "modalprompt"):
+        run = json.loads((out / f"strategy-{name}" / "summary.json").read_text())
+        assert run["strategy"] == name and set(run["routing"]) == {"1", "2"}, name  # after each stage
+        assert set(run["routing"]["1"]) == {"colours"} and set(run["routing"]["2"]) == {"colours", "successor"}
+        assert all(0.0 <= v <= 1.0 for v in run["routing"]["2"].values())
+        record = json.loads((out / f"strategy-{name}" / "pool" / "stages" / "stage-002" / f"{name}.json").read_text())
+        assert record["router"]["clip"] == str(out / "clip") and (out / "clip" / "config.json").exists()
 
 
 def test_seeds_run_independently_resume_and_report_mean_and_std(tmp_path, capsys):

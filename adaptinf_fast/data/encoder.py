@@ -60,6 +60,10 @@ class Encoder:
     pad_token_id: int = 0
     image_processor: Any = None  # the model's own (e.g. LLaVA-1.5's CLIPImageProcessor); None: ours
     codec: ProcessorCodec | None = None  # the model's multimodal processor, when its folder has one
+    # positions reserved right after BOS in every collated batch, filled at the input-embedding layer
+    # by a prompt strategy (lifelong/strategies/modalprompt.py); ``slot_mask`` marks them in the last batch
+    prompt_slots: int = 0
+    slot_mask: torch.Tensor | None = field(default=None, init=False, repr=False)
     truncated: int = field(default=0, init=False)
     _warned: bool = field(default=False, init=False, repr=False)
 
@@ -298,16 +302,48 @@ class Encoder:
 
     def collate(self, items: list[dict]) -> dict:
         """A right-padded training / feature batch of encoded items (see ``collate``)."""
-        if self.codec is not None and any("_images" in it for it in items):
-            return self.codec.collate(items, self.pad_token_id)
-        return collate(items, self.pad_token_id)
+        return self._collate(items, left=False)
 
     def collate_prompts(self, prompts: list[dict]) -> dict:
         """A left-padded generation batch of ``encode_prompt`` items (generation continues every
         row at the same column)."""
-        if self.codec is not None and any("_images" in p for p in prompts):
-            return self.codec.collate(prompts, self.pad_token_id, left=True)
-        return collate(prompts, self.pad_token_id, left=True)
+        return self._collate(prompts, left=True)
+
+    def _collate(self, items: list[dict], left: bool) -> dict:
+        items, at = self._with_slots(items)
+        if self.codec is not None and any("_images" in it for it in items):
+            batch = self.codec.collate(items, self.pad_token_id, left=left)
+        else:
+            batch = collate(items, self.pad_token_id, left=left)
+        self.slot_mask = None
+        if at is not None:  # where the reserved positions landed in the padded batch
+            b, width = batch["input_ids"].shape
+            self.slot_mask = torch.zeros(b, width, dtype=torch.bool)
+            for i, (it, a) in enumerate(zip(items, at)):
+                off = width - it["input_ids"].numel() if left else 0
+                self.slot_mask[i, off + a : off + a + self.prompt_slots] = True
+        return batch
+
+    def _with_slots(self, items: list[dict]) -> tuple[list[dict], list[int] | None]:
+        """Items with ``prompt_slots`` positions inserted right after BOS (at the start without one):
+        pad ids in ``input_ids``, -100 in ``labels``, 0 in every other per-token tensor."""
+        n = self.prompt_slots
+        if not n:
+            return items, None
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        out, at = [], []
+        for it in items:
+            ids = it["input_ids"]
+            length = ids.numel()
+            a = 1 if bos is not None and length and int(ids[0]) == bos else 0
+            new = dict(it)
+            for k, v in it.items():
+                if torch.is_tensor(v) and v.dim() == 1 and v.numel() == length:
+                    fill = self.pad_token_id if k == "input_ids" else (-100 if k == "labels" else 0)
+                    new[k] = torch.cat([v[:a], torch.full((n,), fill, dtype=v.dtype), v[a:]])
+            out.append(new)
+            at.append(a)
+        return out, at
 
 
 def collate(encoded: list[dict], pad_token_id: int, left: bool = False) -> dict:

@@ -126,7 +126,7 @@ def pretrained_base(cfg: DemoConfig, describe: list[dict], tokenizer, say: Calla
     return load
 
 
-ROUTED = ("hide",)  # strategies that route inputs with the task router (its CLIP: demo/clip.py)
+ROUTED = ("hide", "disco", "modalprompt")  # strategies that route inputs with the task router (its CLIP: demo/clip.py)
 
 
 def run_config(cfg: DemoConfig, method: str) -> RunConfig:

@@ -74,7 +74,8 @@ class GradientFeaturizer:
                  optimizer_state: Any = None, kind: str = "rademacher", tokenizer: Any = None,
                  image_root: str | Path | None = None, max_length: int | None = None,
                  on_overflow: str = "truncate", backend: str = "auto", project_samples: int = DEFAULT_SAMPLES,
-                 project_memory: int | None = None, rules: str = "adaptinf", image_processor: Any = None):
+                 project_memory: int | None = None, rules: str = "adaptinf", image_processor: Any = None,
+                 encoder: Encoder | None = None):
         if rules not in RULES:
             raise ValueError(f"rules is {rules!r}; expected one of {RULES}")
         self.rules = rules
@@ -105,8 +106,10 @@ class GradientFeaturizer:
             offset += p.numel() if mode == "dense" else sum(p.shape)
         self.total_rows = offset
         self._adam = self._adam_state(optimizer_state) if optimizer_state is not None else None
-        self.encoder = Encoder.for_model(model, tokenizer, image_root=image_root, max_length=max_length,
-                                         on_overflow=on_overflow, image_processor=image_processor)
+        # ``encoder``: a caller's own (e.g. the lifelong run's, whose prompt slots a strategy fills)
+        self.encoder = encoder if encoder is not None else Encoder.for_model(
+            model, tokenizer, image_root=image_root, max_length=max_length, on_overflow=on_overflow,
+            image_processor=image_processor)
 
     # -- configuration ---------------------------------------------------------------------------
     @property

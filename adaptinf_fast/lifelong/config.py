@@ -139,14 +139,17 @@ class LoraSettings(Strict):
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: Any = None  # default: the language model's attention and MLP projections (models.py)
 
-    def peft_config(self, model, experts: int = 1):
+    def peft_config(self, model, experts: int = 1, projections: tuple[str, ...] | None = None):
         """PEFT's LoraConfig; with ``experts`` E, one adapter of rank E·r read as E experts of rank r
-        (``lifelong/experts.py``), alpha scaled alike so each expert keeps the scale alpha / r."""
+        (``lifelong/experts.py``), alpha scaled alike so each expert keeps the scale alpha / r.
+        ``projections``: the language model's projections a strategy targets by default (e.g. DISCO's
+        MLP); ``target_modules``, when set, wins."""
         from peft import LoraConfig
 
-        from .models import default_lora_targets
+        from .models import LLM_PROJECTIONS, default_lora_targets
 
-        targets = self.target_modules if self.target_modules is not None else default_lora_targets(model)
+        targets = (self.target_modules if self.target_modules is not None
+                   else default_lora_targets(model, projections or LLM_PROJECTIONS))
         return LoraConfig(r=self.r * experts, lora_alpha=self.alpha * experts, lora_dropout=self.dropout,
                           target_modules=targets, task_type=None)
 
@@ -227,6 +230,26 @@ class HideSettings(Strict):
     probe: int = Field(32, ge=2)
 
 
+class DiscoSettings(Strict):
+    """``strategy: disco`` (lifelong/strategies/disco.py; DISCO as MCITlib's centralised port): one
+    LoRA of ``experts`` × lora.r ranks (default: one subspace per task), on the language model's MLP
+    projections (``targets: mlp``, FCIT's choice; ``all``: every projection, as MCITlib's port);
+    inference weights softmax(cos(text, prototype_i) / ``temperature``) over the learned subspaces."""
+
+    experts: Optional[int] = Field(None, ge=1)
+    targets: Literal["mlp", "all"] = "mlp"
+    temperature: float = Field(0.05, gt=0)
+    init_std: float = Field(0.01, gt=0)
+
+
+class ModalPromptSettings(Strict):
+    """``strategy: modalprompt`` (lifelong/strategies/modalprompt.py): ``length`` prompt vectors per
+    task, the top ``top_k`` tasks' prompts fused at the input (K = 3, the official code's; MCITlib 1)."""
+
+    length: int = Field(10, ge=1)
+    top_k: int = Field(3, ge=1)
+
+
 class RouterSettings(Strict):
     """The task router (lifelong/routing.py): features from the CLIP model folder ``clip`` (None:
     the model's own), compared over ``modalities``, softmax at ``temperature``."""
@@ -256,6 +279,8 @@ class RunConfig(Strict):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     merge: MergeSettings = Field(default_factory=MergeSettings)
     hide: HideSettings = Field(default_factory=HideSettings)
+    disco: DiscoSettings = Field(default_factory=DiscoSettings)
+    modalprompt: ModalPromptSettings = Field(default_factory=ModalPromptSettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
 
     @model_validator(mode="after")
@@ -266,9 +291,10 @@ class RunConfig(Strict):
         if self.eval.scorer not in METRICS:
             raise ValueError(f"eval.scorer is {self.eval.scorer!r}; expected one of {list(METRICS)}")
         check(self.strategy)
-        if self.strategy == "hide" and self.train.weight_decay > 0:
-            raise ValueError("strategy hide trains one expert of a shared adapter per stage: weight decay would "
-                             "shrink the other experts (HiDe-LLaVA trains with none); set train.weight_decay to 0")
+        if self.strategy in ("hide", "disco") and self.train.weight_decay > 0:
+            raise ValueError(f"strategy {self.strategy} trains one expert of a shared adapter per stage: weight decay "
+                             "would shrink the other experts (the official code trains with none); set "
+                             "train.weight_decay to 0")
         return self
 
     def stage_config(self, t: int, source: str, data: Path | str | None, overrides: dict | None = None) -> StageConfig:

@@ -66,16 +66,20 @@ def processor_for(folder: str | Path) -> Any:
     return proc if is_processor(proc) else None
 
 
-def default_lora_targets(model) -> Any:
-    """The language model's projections (q/k/v/o, gate/up/down): a list of names for a text-only
-    model, a regex excluding the vision side for a VLM (``VISION_PARTS``)."""
+LLM_MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def default_lora_targets(model, projections: tuple[str, ...] = LLM_PROJECTIONS) -> Any:
+    """The language model's ``projections`` (default q/k/v/o, gate/up/down; ``LLM_MLP`` for the MLP
+    only): a list of names for a text-only model, a regex excluding the vision side for a VLM
+    (``VISION_PARTS``)."""
     cfg = getattr(model, "config", None)
-    names = "|".join(LLM_PROJECTIONS)
+    names = "|".join(projections)
     if getattr(cfg, "model_type", "") == "llava":  # the form earlier adapters were saved with
         return rf".*language_model.*\.({names})"
     if cfg is not None and is_multimodal(cfg):
         return rf"(?!.*({'|'.join(VISION_PARTS)})).*\.({names})"
-    return list(LLM_PROJECTIONS)
+    return list(projections)
 
 
 def load_peft_model(adapter_dir: str | Path, tokenizer_dir: str | Path | None = None):

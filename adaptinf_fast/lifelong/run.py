@@ -184,7 +184,8 @@ class LifelongRun:
             model = PeftModel.from_pretrained(base, str(self.adapter), is_trainable=True)
         else:
             torch.manual_seed(self.cfg.seed)  # the initial adapter is a function of the seed
-            model = get_peft_model(base, self.cfg.lora.peft_config(base, experts=self.strategy.experts))
+            model = get_peft_model(base, self.cfg.lora.peft_config(base, experts=self.strategy.experts,
+                                                                   projections=self.strategy.projections))
         return model, tokenizer
 
     def _save_adapter(self, model, sd: StageDir) -> None:
@@ -230,21 +231,26 @@ class LifelongRun:
             cfg = self.stage_configs[sd.t - 1]
             fz = GradientFeaturizer(model, layers=cfg.layers, out_dim=cfg.out_dim, seed=c.seed, scores=cfg.scores,
                                     tokenizer=tokenizer, max_length=cfg.max_length, rules=cfg.rules,
-                                    image_processor=self.image_processor)
+                                    image_processor=self.image_processor,
+                                    encoder=encoder if cfg.max_length == encoder.max_length else None)
             return fz.extract(records, batch_size=cfg.batch_size, out_dir=sd.shards, progress=self.progress,
                               before_batch=route, disk_dtype=cfg.dtype, lazy=True)
 
         def train(sd: StageDir, cfg: StageConfig) -> dict:
             self.load_adapter(model, StageDir(pool, self.strategy.train_from(sd.t)))
             skipped: list = []
-            _, items = encode_many([(r["id"], r) for r in pool.records(sd.selection())], encoder,
-                                   lambda i, why: skipped.append((i, why)))
+            records = pool.records(sd.selection())
+            ids, items = encode_many([(r["id"], r) for r in records], encoder, lambda i, why: skipped.append((i, why)))
             for item_id, why in skipped:
                 log.warning("train: skipped %r: %s", item_id, why)
+            for rid, item in zip(ids, items):  # which record each item is (a strategy's per-row hooks)
+                item["_id"] = rid
             tc = c.train.model_copy(update={"seed": c.train.seed + sd.t, "pad_token_id": encoder.pad_token_id})
             with self.strategy.training(sd.t):
+                collate_fn, extra_loss = self.strategy.train_hooks(sd.t, records, encoder.collate)
                 res = train_lora(model, items, tc, ckpt_dir=sd.train_ckpt, progress=self.progress,
-                                 log_dir=self.out / "logs" / f"stage-{sd.t:03d}", collate_fn=encoder.collate)
+                                 log_dir=self.out / "logs" / f"stage-{sd.t:03d}", collate_fn=collate_fn,
+                                 extra_loss=extra_loss)
             self._save_adapter(model, sd)
             return {"samples": len(items), "skipped": len(skipped), "steps": res["steps"],
                     "final_loss": round(res["losses"][-1], 4) if res["losses"] else None}

@@ -75,11 +75,13 @@ def _token_nll_sum(model, batch: dict) -> torch.Tensor:
 
 def train_lora(model, items: Sequence[dict], cfg: TrainConfig, *, ckpt_dir: str | Path | None = None,
                progress: bool = True, log_dir: str | Path | None = None, collate_fn: Callable | None = None,
-               _stop_after_step: int | None = None) -> dict:
+               extra_loss: Callable[[], torch.Tensor] | None = None, _stop_after_step: int | None = None) -> dict:
     """Train ``model``'s trainable (LoRA) parameters on encoded ``items`` (``input_ids``, ``labels``,
     image inputs). ``collate_fn``: how items become a batch (the encoder's ``collate``; default: the
-    plain padding of ``data.encoder.collate``). Returns {"steps", "losses" (per optimizer step, over
-    all processes)}. ``_stop_after_step`` (tests) interrupts after that step as a crash would, after
+    plain padding of ``data.encoder.collate``). ``extra_loss()``: called after each micro-batch's
+    forward, the sum over that micro-batch's rows (on this process) of a per-row auxiliary loss; it
+    is added as its mean over the micro-batch, like the LM loss (a strategy's, e.g. ModalPrompt's).
+    Returns {"steps", "losses" (per optimizer step, over all processes)}. ``_stop_after_step`` (tests) interrupts after that step as a crash would, after
     its checkpoint."""
     from transformers import get_cosine_schedule_with_warmup
 
@@ -149,6 +151,8 @@ def train_lora(model, items: Sequence[dict], cfg: TrainConfig, *, ckpt_dir: str 
                 sync = acc.no_sync(wrapped) if j < len(group) - 1 and world > 1 else contextlib.nullcontext()
                 with sync, acc.autocast():
                     loss = _token_nll_sum(wrapped, batch) * scale
+                    if extra_loss is not None:  # a row mean over the whole micro-batch, as the LM term's token mean
+                        loss = loss + extra_loss() * (world / len(group) / len(idx) if scale else 0.0)
                     acc.backward(loss)
                 step_loss += loss.detach() / world
             acc.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -13,6 +13,13 @@ and the runner (``lifelong/run.py``) names none of them:
   the task-specific ones (the last layer by default) mix them by the task router's weights
   (``lifelong/routing.py``).
 
+* ``disco`` (``disco.py``): DISCO as MCITlib's centralised port computes it: one LoRA subspace
+  per task on the MLP projections, trained one per stage, mixed at every layer by softmax(cos of
+  the text feature to each task's text prototype / 0.05).
+* ``modalprompt`` (``modalprompt.py``): ModalPrompt as its official code computes it: the model
+  frozen, per task L prompt vectors and an MLP into the router's CLIP space; the best-matching
+  tasks' prompts are fused after BOS by their prototypes' dual-modality similarity.
+
 Every stage keeps its adapter (``stage-NNN/adapter``), so a merge can be re-applied to a finished
 run without training (``adaptinf-fast merge RUN --method copa``).
 """
@@ -21,7 +28,7 @@ from __future__ import annotations
 
 from .base import Strategy
 
-STRATEGIES = ("sequential", "merge:average", "merge:ties", "merge:copa", "hide")
+STRATEGIES = ("sequential", "merge:average", "merge:ties", "merge:copa", "hide", "disco", "modalprompt")
 
 
 def check(strategy: str) -> str:
@@ -41,6 +48,14 @@ def get(strategy: str) -> type[Strategy]:
         from .hide import Hide
 
         return Hide
+    if strategy == "disco":
+        from .disco import Disco
+
+        return Disco
+    if strategy == "modalprompt":
+        from .modalprompt import ModalPrompt
+
+        return ModalPrompt
     return Strategy
 
 

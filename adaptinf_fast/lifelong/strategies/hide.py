@@ -25,10 +25,9 @@ import torch
 from ..._io import write_json
 from ...data.encoder import model_inputs
 from ...ops.cka import linear_cka
-from ..experts import ExpertLoRA, Fused, OneHot, Soft
-from ..routing import build_router
+from ..experts import Fused, OneHot, Soft
 from ..steps import StageDir
-from .base import Strategy
+from .routed import RoutedExperts
 
 
 @torch.no_grad()
@@ -56,39 +55,21 @@ def layer_cka(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[float]:
     return [float(v) for v in linear_cka([(a, b)], pairs="diagonal")]
 
 
-class Hide(Strategy):
-    def __init__(self, run, name: str = "hide"):
-        super().__init__(run, name)
-        self.experts = self.cfg.hide.experts or len(run.tasks)
-        if self.experts < len(run.tasks):
-            raise ValueError(f"hide.experts is {self.experts} for {len(run.tasks)} tasks: one expert per task")
-        self.layer: ExpertLoRA | None = None
-        self.router = None
+class Hide(RoutedExperts):
+    settings = "hide"
 
-    def setup(self, model, encoder, fresh: bool) -> None:
-        self.layer = ExpertLoRA(model, self.experts, tuple(self.cfg.hide.specific_layers))
-        if fresh:
-            self.layer.init_experts(self.cfg.seed, self.cfg.hide.init_std)
-        self.router = build_router(self.cfg.router, model=model, encoder=encoder)
-        self.encoder = encoder
-
-    def training(self, t: int):
-        return self.layer.mode(OneHot(t - 1))
-
-    def _load_router(self, t: int) -> None:
-        self.router.load_state_dict(torch.load(StageDir(self.run.pool, t).router_pt) if t > 0 else
-                                    {"modalities": list(self.router.modalities), "sums": [], "counts": []})
+    def specific_layers(self) -> tuple[int, ...]:
+        return tuple(self.knobs.specific_layers)
 
     def deploy(self, model, encoder, sd: StageDir) -> None:
         if sd.router_pt.exists() and sd.hide_json.exists():
             return
         run, t = self.run, sd.t
-        self._load_router(t - 1)
-        self.router.observe(t - 1, run.task_records(t))  # the anchor: the mean of the task's training records
+        self.observe(sd)  # the anchor: the mean of the task's training records
         cka: list[float] = []
         if t > 1:  # the report: hidden states with the new expert against the previous one
             run.load_adapter(model, sd)
-            probe = run.task_records(t)[: self.cfg.hide.probe]
+            probe = run.task_records(t)[: self.knobs.probe]
             with self.layer.mode(OneHot(t - 1)):
                 new = layer_means(model, encoder, probe)
             with self.layer.mode(OneHot(t - 2)):
@@ -108,22 +89,10 @@ class Hide(Strategy):
         if sd.t == 0:  # no expert trained yet: the initial adapter seen through the first expert
             self.layer.set(OneHot(0))
             return None
-        self._load_router(sd.t)
-        t, layer, router = sd.t, self.layer, self.router
+        self.load_router(sd.t)
+        t, layer = sd.t, self.layer
 
         def route(records) -> None:
-            w = torch.zeros(len(records), layer.experts)
-            w[:, :t] = router.weights(list(records))
-            layer.set(Fused(t), Soft(w))
+            layer.set(Fused(t), Soft(self.weights(records, t)))
 
         return route
-
-    def report(self, sd: StageDir, tests: dict[str, list]) -> dict:
-        if sd.t == 0:
-            return {}
-        self._load_router(sd.t)
-        routing = {}
-        for i, name in enumerate(list(tests)[: sd.t]):  # tasks seen so far: routed to their own expert?
-            picks = self.router.weights(tests[name]).argmax(1)
-            routing[name] = float((picks == i).float().mean()) if len(picks) else float("nan")
-        return {"routing": routing}
