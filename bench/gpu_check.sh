@@ -10,14 +10,16 @@
 #       c. headline benches at production shapes, baselines in the same process, the bf16 GEMM rate
 #          measured first (bench/lease.py bench)
 #       d. with time left, ncu over the wgmma projection (shared-store bank conflicts, tensor pipe)
+#       e. with time left, a selection round on a 1M x 8192 fp16 pool through the pool commands (pool.jsonl)
 #   bash bench/gpu_check.sh rest          the full kernel test files on CUDA tensors (_C, then the JIT),
 #                                         LIMIT 240 s: run it at once after the lease, on the warm machine
 #                                         (no second start, _C already built), log in $OUT/rest.log
+#   bash bench/gpu_check.sh pool          the 1M x 8192 selection round alone (bench/pool_scale.py)
 #   bash bench/gpu_check.sh bench SUITE   one pytest-benchmark suite (bench/test_SUITE_bench.py)
 #   bash bench/gpu_check.sh static        the static check on the device's own toolchain
 #
 # Results land in $OUT (default bench/results/gpu-run), flat, as soon as each exists: lease.log (all
-# output), build.log, info.txt, smoke.jsonl, demo.txt, bench.jsonl, ncu.txt: 7 files, within what a
+# output), build.log, info.txt, smoke.jsonl, demo.txt, bench.jsonl, ncu.txt, pool.jsonl: 8 files, what a
 # device call brings back (8 files, 2 folders deep). A failed build, missing wheels or a failed step
 # is recorded and the call goes on (the exit status lists them); smoke and the demo stop early
 # enough to leave BENCH_RESERVE (200) seconds for the benches. Wheels in .whl/ (bench/gpu_wheels.sh) are
@@ -51,7 +53,7 @@ step() {  # step NAME SECONDS CMD...: run CMD with at most SECONDS (and what the
 }
 
 if [ "$what" = lease ]; then  # one call's results: earlier rows in $OUT would be counted again
-  rm -f "$OUT/lease.log" "$OUT/smoke.jsonl" "$OUT/bench.jsonl" "$OUT/demo.txt" "$OUT/ncu.txt"
+  rm -f "$OUT/lease.log" "$OUT/smoke.jsonl" "$OUT/bench.jsonl" "$OUT/demo.txt" "$OUT/ncu.txt" "$OUT/pool.jsonl"
   exec > >(tee -a "$OUT/lease.log") 2>&1
 elif [ "$what" = rest ]; then  # the call's reply keeps only the last 12 KB of output: the whole log here
   rm -f "$OUT/rest.log"
@@ -112,6 +114,11 @@ case "$what" in
         --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
         $PY bench/lease.py ncu-target > '$OUT/ncu.txt' 2>&1; rc=\$?; tail -40 '$OUT/ncu.txt'; exit \$rc"
     fi
+    # with time left: a selection round on a pool of 1M x 8192 fp16 features (16 GB on disk) through the
+    # pool commands, wall time and peak memory per step (bench/pool_scale.py; the dry run: 2,000 x 64)
+    if [ "$DRY" = 1 ]; then pool_args=(--n 2000 --d 64 --k 4); else pool_args=(--n 1000000 --d 8192 --k 100); fi
+    step "pool round" 200 $PY bench/pool_scale.py "${pool_args[@]}" --scales 1 --out "$OUT/pool.jsonl" \
+      --workdir "${TMPDIR:-/tmp}"
     $PY bench/lease.py summary --out "$OUT" || failed_steps+=("summary (a smoke case failed)")
     echo "gpu_check lease: done in $SECONDS s of $LIMIT; failed: ${failed_steps[*]:-none}"
     ;;
@@ -133,11 +140,15 @@ case "$what" in
       "bench/test_${suite}_bench.py" --benchmark-json "$OUT/${suite}-${dev}.json"
     $PY bench/summarize.py "$OUT/${suite}-${dev}.jsonl" 2>&1 | tail -40
     ;;
+  pool)  # the 1M x 8192 selection round alone (when the lease had no time left for it)
+    step "pool round" 450 $PY bench/pool_scale.py --n 1000000 --d 8192 --k 100 --scales 1 --out "$OUT/pool.jsonl" \
+      --workdir "${TMPDIR:-/tmp}"
+    ;;
   static)
     $PY bench/static_check.py --json-dir "$OUT" > "$OUT/static.log" 2>&1; echo "static check exit: $?"
     grep -E "^(== |FAIL)" "$OUT/static.log"
     ;;
   *)
-    echo "unknown step '$what': lease | rest | bench SUITE | static"; exit 2 ;;
+    echo "unknown step '$what': lease | rest | pool | bench SUITE | static"; exit 2 ;;
 esac
 [ ${#failed_steps[@]} -eq 0 ]

@@ -7,9 +7,10 @@ For each scale: synthetic fp16 features with planted near-duplicates (unit rows 
 centres, every 10th row a near-copy of the previous one) and four scores, written as an uncompressed
 ``.npz`` in a streaming way (so the pool reads it through a memory map), N records as JSON lines;
 then ``adaptinf-fast add``, ``features --from``, ``cluster``, ``select``, ``prune``, each in its own
-process. Per step: wall seconds, the process's peak RSS (``ru_maxrss``: this includes the feature
-file's pages mapped in, which the OS may drop) and its peak anonymous memory (``RssAnon`` sampled
-every 20 ms: what the step allocated), and for prune Σ n_c² over the clusters (its work). Results
+process. Per step: wall seconds, the process's peak RSS (``VmRSS`` sampled every 20 ms: this
+includes the feature file's pages mapped in, which the OS may drop) and its peak anonymous memory
+(``RssAnon``, sampled alike: what the step allocated), and for prune Σ n_c² over the clusters (its
+work). Results
 are appended as JSON lines to ``--out`` (default ``bench/results/pool-scale-<device>.jsonl``).
 """
 
@@ -34,19 +35,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_features(path: Path, n: int, d: int, k: int, seed: int = 0, block: int = 1 << 16) -> None:
-    """ids, features (N, D) float16 and score_<name> as an uncompressed .npz, written block by block."""
+    """ids, features (N, D) float16 and score_<name> as an uncompressed .npz, written block by block
+    (drawn on the GPU when there is one: a 1M x 8192 pool in seconds)."""
+    import torch
+
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((4 * k, d)).astype(np.float32)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator(dev).manual_seed(seed)
+    centres = torch.randn(4 * k, d, generator=gen, device=dev)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
         with z.open("features.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
                                                      "fortran_order": False, "shape": (n, d)})
             for r0 in range(0, n, block):
                 m = min(block, n - r0)
-                x = centres[rng.integers(0, len(centres), m)] + 0.8 * rng.standard_normal((m, d), dtype=np.float32)
-                x[1::10] = x[0::10][: len(x[1::10])] + 0.01 * rng.standard_normal((len(x[1::10]), d), dtype=np.float32)
-                x /= np.linalg.norm(x, axis=1, keepdims=True)
-                f.write(x.astype(np.float16).tobytes())
+                pick = torch.randint(0, len(centres), (m,), generator=gen, device=dev)
+                x = centres[pick] + 0.8 * torch.randn(m, d, generator=gen, device=dev)
+                dup = x[0::10][: len(x[1::10])]  # every 10th row's neighbour: a near-copy of it
+                x[1::10] = dup + 0.01 * torch.randn(dup.shape, generator=gen, device=dev)
+                x = torch.nn.functional.normalize(x, dim=1)
+                f.write(x.half().cpu().numpy().tobytes())
         for name, arr in [("ids", np.char.add("s", np.arange(n).astype(str)))] + [
                 (f"score_{s}", rng.gamma(2.0, size=n).astype(np.float32)) for s in ("ppl", "el2n", "entropy", "grand")]:
             with z.open(f"{name}.npy", "w", force_zip64=True) as f:
@@ -59,15 +67,19 @@ def write_records(path: Path, n: int) -> None:
             f.write('{"id": "s%d", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}\n' % i)
 
 
-def _anon(pid: int) -> int:
+def _memory(pid: int) -> tuple[int, int]:
+    """(VmRSS, RssAnon) of a running process, bytes (0, 0 once it is gone)."""
+    rss = anon = 0
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith("RssAnon:"):
+                    anon = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return rss, anon
 
 
 BASELINE = ["-c", "import torch, adaptinf_fast.cli, adaptinf_fast.lifelong.steps"]  # what every command imports
@@ -86,24 +98,25 @@ def run_step(argv: list[str]) -> dict:
     else:
         cmd = [sys.executable, "-c", _FROM_TREE, *argv] if _TREE else [sys.executable, "-m", "adaptinf_fast.cli", *argv]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0]
+    peak = [0, 0]  # sampled after exec: ru_maxrss would also count the pages the child had before it
     stop = threading.Event()
 
     def watch():
         while not stop.is_set():
-            peak[0] = max(peak[0], _anon(proc.pid))
+            rss, anon = _memory(proc.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], anon)
             stop.wait(0.02)
 
     th = threading.Thread(target=watch, daemon=True)
     th.start()
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _ = os.wait4(proc.pid, 0)
     stop.set()
     th.join()
     seconds = time.perf_counter() - t0
     out, err = proc.stdout.read(), proc.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{err[-3000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss": usage.ru_maxrss * 1024, "peak_anon": peak[0],
+    return {"seconds": round(seconds, 2), "peak_rss": peak[0], "peak_anon": peak[1],
             "output": out.strip().splitlines()[-1] if out.strip() else ""}
 
 
