@@ -96,7 +96,7 @@ class Segment:
         if self.rows is None and isinstance(local, slice) and out is None:
             return np.array(self.array[local])
         if isinstance(local, slice):
-            local = np.arange(len(self))[local]
+            local = np.arange(*local.indices(len(self)))
         file_rows = self.rows[local] if self.rows is not None else np.asarray(local, dtype=np.int64)
         if out is None:
             out = np.empty((file_rows.size, self.array.shape[1]), self.array.dtype)
@@ -194,7 +194,12 @@ class FeatureView:
                     parts.append(seg.read(slice(int(a - lo), int(b - lo))))
             arr = np.concatenate(parts) if parts else np.zeros((0, self.shape[1]), _NUMPY[self.storage])
             return _as_torch(arr, self.storage)
-        idx = np.asarray(torch.as_tensor(key).cpu().numpy(), dtype=np.int64).reshape(-1)
+        raw = np.asarray(torch.as_tensor(key).cpu().numpy())
+        if raw.dtype == np.bool_:
+            raise TypeError("a FeatureView takes row indices, not a boolean mask (use mask.nonzero())")
+        idx = raw.astype(np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
+            raise IndexError(f"row index out of 0..{self.shape[0] - 1} (negative indices are not taken)")
         if len(self.segments) == 1:
             return _as_torch(self.segments[0].read(idx), self.storage)
         out = np.empty((idx.size, self.shape[1]), _NUMPY[self.storage])
@@ -221,7 +226,8 @@ class FeatureView:
         for i, seg in enumerate(self.segments):
             if seg.path is None:
                 raise ValueError("a view over in-memory arrays cannot be described; save its rows first")
-            entry = {"path": _relative(seg.path, folder), "member": seg.member, "dtype": seg.dtype, "rows": None}
+            entry = {"path": _relative(seg.path, folder), "member": seg.member, "dtype": seg.dtype, "rows": None,
+                     "fingerprint": fingerprint(seg.path)}
             if seg.rows is not None:
                 from ._io import atomic_write
 
@@ -237,6 +243,9 @@ class FeatureView:
         segs = []
         for e in entries:
             path = Path(e["path"]) if Path(e["path"]).is_absolute() else folder / e["path"]
+            if e.get("fingerprint") and fingerprint(path) != e["fingerprint"]:
+                raise ValueError(f"{path} changed since its features were recorded (size or content); "
+                                 "run the features step again (a file the pool maps must stay as it was)")
             rows = np.load(folder / e["rows"]) if e.get("rows") else None
             segs.append(Segment(open_array(path, e.get("member")), e["dtype"], rows, path, e.get("member")))
         return cls(segs)
@@ -244,6 +253,21 @@ class FeatureView:
     @classmethod
     def of_files(cls, paths: Sequence[str | Path], dtype: str) -> "FeatureView":
         return cls([Segment(open_array(p), dtype, None, Path(p)) for p in paths])
+
+
+def fingerprint(path: str | Path, block: int = 1 << 20) -> str:
+    """size + SHA-256 of a file's first and last MiB: cheap, and it changes when the file is rewritten."""
+    import hashlib
+
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(block))
+        if size > block:
+            f.seek(max(block, size - block))
+            h.update(f.read(block))
+    return f"{size}:{h.hexdigest()[:32]}"
 
 
 def _relative(path: Path, folder: Path) -> str:

@@ -228,3 +228,25 @@ def test_pruning_split_over_two_ranks_keeps_the_ids_of_one_process_and_resumes_a
         p = PoolStore(copies[name])
         assert json.loads((p.stage_dir(2) / "prune.json").read_text()) == want, name
         assert (p.root / p.state.manifest).read_text() == (copies["one"] / PoolStore(copies["one"]).state.manifest).read_text()
+
+
+def test_a_view_refuses_masks_and_negative_indices_and_a_changed_file(tmp_path):
+    from adaptinf_fast.lifelong import StageConfig
+
+    np.save(tmp_path / "a.npy", np.arange(12, dtype=np.float16).reshape(6, 2))
+    np.save(tmp_path / "b.npy", np.arange(12, dtype=np.float16).reshape(6, 2))
+    view = FeatureView.of_files([tmp_path / "a.npy", tmp_path / "b.npy"], "float16")
+    with pytest.raises(TypeError, match="boolean mask"):
+        view[np.ones(12, dtype=bool)]
+    with pytest.raises(IndexError, match="negative"):
+        view[[-1]]
+    # the stage maps the --from file where it lies: rewriting it afterwards is caught, not read silently
+    make_data(tmp_path)
+    cfg = stage_cfgs(tmp_path)[0]
+    pool = PoolStore(tmp_path / "pool", create=True)
+    run_steps(cfg, Context(pool, progress=False), ("add", "features"), POOL_STEPS)
+    z = dict(np.load(tmp_path / "features.npz"))
+    z["features"] = z["features"][::-1].copy()
+    np.savez(tmp_path / "features.npz", **z)
+    with pytest.raises(ValueError, match="changed since its features were recorded"):
+        run_steps(cfg, Context(pool, progress=False), ("cluster",), POOL_STEPS)

@@ -54,7 +54,7 @@ def check_definition(strategy: str, whole: Path, res: dict, base: Path) -> None:
         from adaptinf_fast.lifelong.strategies.modalprompt import PromptBank
 
         s1, s2 = (torch.load(whole / "pool" / "stages" / f"stage-{t:03d}" / "modalprompt.pt") for t in (1, 2))
-        emb = loader(base)()[0].get_input_embeddings().weight
+        emb = loader(base)()[0].get_input_embeddings()
         init = PromptBank(emb, 32, 10, 2, seed=0).state_dict()  # the seeded initialisation
         for k in s1:  # stage 1 trained task 1's prompts and MLP only; stage 2 task 2's only
             first = k.startswith(("prompts.0", "mlps.0."))
@@ -144,7 +144,8 @@ def _stub_run(strategy: str, tasks: int, records: list[dict], **sections):
     from types import SimpleNamespace
 
     cfg = RunConfig.model_validate({"strategy": strategy, "lora": {"r": 2, "alpha": 4}, **sections})
-    return SimpleNamespace(cfg=cfg, tasks=list(range(tasks)), task_records=lambda t: records, rank=0,
+    task_records = records if callable(records) else (lambda t: records)
+    return SimpleNamespace(cfg=cfg, tasks=list(range(tasks)), task_records=task_records, rank=0,
                            barrier=lambda: None, load_adapter=lambda model, sd: None, pool=None)
 
 
@@ -253,8 +254,8 @@ def test_modalprompt_prototypes_trained_by_its_loss_pick_the_right_task(tmp_path
     clip = pretrained_clip(tmp_path, absolute(data["describe"]["train"]), vocabulary(data), say=lambda s: None)
     names = ("colours", "counting", "successor")
     model, encoder, _ = _text_model(experts=1)
-    mp = ModalPrompt(_stub_run("modalprompt", 3, absolute(data["colours"]["train"]), router={"clip": str(clip)}),
-                     "modalprompt")
+    mp = ModalPrompt(_stub_run("modalprompt", 3, lambda t: absolute(data[names[t - 1]]["train"]),
+                               router={"clip": str(clip)}), "modalprompt")
     mp.setup(model, encoder, fresh=True)
     for t, name in enumerate(names, 1):
         recs = absolute(data[name]["train"])
@@ -273,3 +274,23 @@ def test_modalprompt_prototypes_trained_by_its_loss_pick_the_right_task(tmp_path
         test = absolute(data[name]["test"])
         picks = mp.scores(mp.router.features(test), 3).argmax(1)
         assert (picks == i).float().mean() >= 0.9, name
+
+
+def test_prompt_slots_survive_a_routers_own_batches_and_a_foreign_batch_is_refused():
+    from adaptinf_fast.data.encoder import model_inputs
+    from adaptinf_fast.lifelong.strategies.modalprompt import ModalPrompt
+
+    model, encoder, _ = _text_model(experts=1)
+    mp = ModalPrompt(_stub_run("modalprompt", 2, RECORDS, modalprompt={"length": 2, "top_k": 1}), "modalprompt")
+    mp.setup(model, encoder, fresh=True)
+    encoder.prompt_slots, mp.orders = 2, [[0], [1], [0]]
+    batch = encoder.collate([encoder.encode(r) for r in RECORDS])
+    with encoder.no_slots():  # e.g. the model's own routing features: one record at a time
+        other = encoder.collate_prompts([encoder.encode_prompt(RECORDS[0])[0]])
+        assert "input_ids" in other and encoder.prompt_slots == 0
+    assert encoder.slot_mask is not None and encoder.slot_mask.sum() == 3 * 2
+    with torch.no_grad():
+        model(**model_inputs(batch, model))  # the batch the slots were reserved for: filled
+        foreign = dict(batch, input_ids=batch["input_ids"].roll(1, dims=1))
+        with pytest.raises(RuntimeError, match="not of the batch"):
+            model(**model_inputs(foreign, model))

@@ -17,6 +17,7 @@ the rest goes on.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -64,6 +65,7 @@ class Encoder:
     # by a prompt strategy (lifelong/strategies/modalprompt.py); ``slot_mask`` marks them in the last batch
     prompt_slots: int = 0
     slot_mask: torch.Tensor | None = field(default=None, init=False, repr=False)
+    slot_ids: torch.Tensor | None = field(default=None, init=False, repr=False)  # the batch slot_mask belongs to
     truncated: int = field(default=0, init=False)
     _warned: bool = field(default=False, init=False, repr=False)
 
@@ -315,14 +317,30 @@ class Encoder:
             batch = self.codec.collate(items, self.pad_token_id, left=left)
         else:
             batch = collate(items, self.pad_token_id, left=left)
-        self.slot_mask = None
+        mask = None
         if at is not None:  # where the reserved positions landed in the padded batch
             b, width = batch["input_ids"].shape
-            self.slot_mask = torch.zeros(b, width, dtype=torch.bool)
+            mask = torch.zeros(b, width, dtype=torch.bool)
             for i, (it, a) in enumerate(zip(items, at)):
                 off = width - it["input_ids"].numel() if left else 0
-                self.slot_mask[i, off + a : off + a + self.prompt_slots] = True
+                mask[i, off + a : off + a + self.prompt_slots] = True
+        self.set_slots(mask, batch["input_ids"])
         return batch
+
+    def set_slots(self, mask: torch.Tensor | None, input_ids: torch.Tensor) -> None:
+        """Record the reserved positions ``mask`` of the batch ``input_ids`` (None: no slots)."""
+        self.slot_mask, self.slot_ids = mask, (input_ids if mask is not None else None)
+
+    @contextmanager
+    def no_slots(self):
+        """Collate without reserved positions inside the block, and leave the last batch's slots as
+        they were (e.g. a router's own single-record batches between a batch and its forward)."""
+        saved = (self.prompt_slots, self.slot_mask, self.slot_ids)
+        self.prompt_slots = 0
+        try:
+            yield self
+        finally:
+            self.prompt_slots, self.slot_mask, self.slot_ids = saved
 
     def _with_slots(self, items: list[dict]) -> tuple[list[dict], list[int] | None]:
         """Items with ``prompt_slots`` positions inserted right after BOS (at the start without one):

@@ -287,7 +287,7 @@ def over_seeds(per_seed: dict[int, dict], cfg: DemoConfig) -> dict:
                 continue
             values = [r["relative_gain"].get(b, float("nan")) for r in rows]
             lo, hi = interval95(values)
-            gains[b] = {**mean_std(values), "interval95": [lo, hi],
+            gains[b] = {**mean_std(values), "interval95": [lo, hi], "seeds_used": int(np.isfinite(values).sum()),
                         "excludes_100": bool(np.isfinite(lo) and (lo > 100 or hi < 100))}
         runs[m]["relative_gain"] = gains
     return {"config": cfg.model_dump(mode="json"), "seeds": seeds, "tasks": per_seed[seeds[0]]["tasks"],
@@ -307,6 +307,7 @@ def format_over_seeds(summary: dict) -> str:
     for b, g in gains.items():
         lo, hi = g["interval95"]
         verdict = ("the interval excludes 100" if g["excludes_100"] else "the interval includes 100: no difference shown")
+        used = "" if g["seeds_used"] == n else f"; over the {g['seeds_used']} seeds where {b} scored above 0"
         lines.append(f"relative gain adaptinf vs {b}: {g['mean']:.1f} ± {g['std']:.1f} (95% interval {lo:.1f} .. {hi:.1f}; "
-                     f"{verdict})")
+                     f"{verdict}{used})")
     return "\n".join(lines)

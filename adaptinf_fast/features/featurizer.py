@@ -267,6 +267,12 @@ class GradientFeaturizer:
             keep = (ids[r] != image_id) & attn[r].bool()
             stripped.append({"input_ids": ids[r][keep].cpu(), "labels": labels[r][keep].cpu()})
         batch = collate(stripped, self.encoder.pad_token_id)
+        enc = self.encoder
+        if enc.slot_mask is not None:  # reserved prompt positions precede the image: same columns, these rows
+            old, width = enc.slot_mask[rows], batch["input_ids"].shape[1]
+            mask = torch.zeros(len(rows), width, dtype=torch.bool)
+            mask[:, : min(width, old.shape[1])] = old[:, : min(width, old.shape[1])]
+            enc.set_slots(mask, batch["input_ids"])
         out = self.model(input_ids=batch["input_ids"].to(ids.device), attention_mask=batch["attention_mask"].to(ids.device), use_cache=False)
         nll, resp, _ = token_stats(out.logits, batch["labels"].to(ids.device))
         ppl_without = ((nll.sum(1) / resp.sum(1).clamp_min(1))).exp()

@@ -43,7 +43,8 @@ def k_rows(xs: torch.Tensor, ks: Sequence[int], *, seed: int = 0, sources: Seque
     xn = torch.nn.functional.normalize(xs.float(), dim=1)
     rows = []
     for k in ks:
-        km = KMeans(int(k), metric="cosine", n_init=3, seed=seed, device=device).fit(xn)
+        # every rank holds the same sample: fitted alone, not as one shard of a larger set
+        km = KMeans(int(k), metric="cosine", n_init=3, seed=seed, device=device, distributed=False).fit(xn)
         labels = km.labels_.cpu().numpy()
         distinct = len(np.unique(labels))
         sil = float(silhouette_score(xn.numpy(), labels, metric="cosine")) if 1 < distinct < len(labels) else -1.0

@@ -269,7 +269,8 @@ def memory_outlook(pool: PoolStore) -> None:
     sizes = last.get("cluster", {}).get("sizes") or [n]
     k = len(sizes)
     largest = math.ceil(max(sizes) * n / max(sum(sizes), 1))
-    est = estimate(n, d, k, largest_cluster=largest, storage_bytes=storage)
+    rows = last.get("cluster", {}).get("rows_in_memory")
+    est = estimate(n, d, k, largest_cluster=largest, storage_bytes=storage, chunk_rows=rows, max_rows=rows)
     print(f"memory estimate for the next stage at N {n:,} (before its new data), D {d}, K {k}, largest cluster "
           f"~{largest:,}; features on disk {format_bytes(n * d * storage)}, never loaded whole:")
     print("  " + ", ".join(f"{step} {format_bytes(b)}" for step, b in est.items())

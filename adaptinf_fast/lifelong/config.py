@@ -53,7 +53,8 @@ def _problems(errors: list[str]) -> None:
 class FeatureSettings(Strict):
     """``dtype``: how features are stored on disk (16-bit; read through a memory map, never loaded
     whole); ``rows_in_memory``: feature rows resident at once in the cluster and prune steps (k-means
-    chunks, pruning groups; default: 256 MiB of float32 rows per k-means chunk, 512 MiB per group)."""
+    chunks, pruning groups; default: 256 MiB of float32 rows per k-means chunk, 512 MiB per group; a
+    cluster tiled out of core holds at least 512 + 4096 rows, the reference's tiles)."""
 
     layers: Layers = "last"
     out_dim: int = Field(8192, ge=1)

@@ -127,7 +127,8 @@ class ModelFeatures:
         fn = getattr(self.model, "get_image_features", None)
         if fn is None:
             return None
-        batch = model_inputs(self.encoder.collate_prompts([prompt]), self.model)
+        with self.encoder.no_slots():  # its own one-record batch: the caller's batch keeps its prompt slots
+            batch = model_inputs(self.encoder.collate_prompts([prompt]), self.model)
         image_inputs = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "token_type_ids",
                                                                      "mm_token_type_ids")}
         if not image_inputs:

@@ -229,12 +229,15 @@ class LifelongRun:
         def featurize(sd: StageDir, records: list) -> Any:
             route = self.strategy.use(model, StageDir(pool, sd.t - 1))  # the model after the previous stage
             cfg = self.stage_configs[sd.t - 1]
+            # the run's encoder (a strategy may reserve prompt positions in it), at the stage's max_length
             fz = GradientFeaturizer(model, layers=cfg.layers, out_dim=cfg.out_dim, seed=c.seed, scores=cfg.scores,
-                                    tokenizer=tokenizer, max_length=cfg.max_length, rules=cfg.rules,
-                                    image_processor=self.image_processor,
-                                    encoder=encoder if cfg.max_length == encoder.max_length else None)
-            return fz.extract(records, batch_size=cfg.batch_size, out_dir=sd.shards, progress=self.progress,
-                              before_batch=route, disk_dtype=cfg.dtype, lazy=True)
+                                    tokenizer=tokenizer, rules=cfg.rules, encoder=encoder)
+            run_length, encoder.max_length = encoder.max_length, cfg.max_length
+            try:
+                return fz.extract(records, batch_size=cfg.batch_size, out_dir=sd.shards, progress=self.progress,
+                                  before_batch=route, disk_dtype=cfg.dtype, lazy=True)
+            finally:
+                encoder.max_length = run_length
 
         def train(sd: StageDir, cfg: StageConfig) -> dict:
             self.load_adapter(model, StageDir(pool, self.strategy.train_from(sd.t)))

@@ -172,6 +172,8 @@ def add(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
                 yield rec
 
     data_file = pool.root / "data" / f"{cfg.source}-{sd.t:03d}.jsonl"
+    for stale in (pool.root / "data").glob(f"*-{sd.t:03d}.jsonl"):  # a killed, uncommitted add of this stage
+        stale.unlink()
     write_jsonl(data_file, good_records())
     if duplicates:
         data_file.unlink()
@@ -185,7 +187,7 @@ def add(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
     return info, rows
 
 
-def _from_npz(cfg: StageConfig, ids: list, sd: StageDir) -> FeatureSet:
+def _from_npz(cfg: StageConfig, ids: list, sd: StageDir, ctx: Context) -> FeatureSet:
     """The pool's rows of a precomputed ``.npz`` (ids, features (N, k), score_<name>) as a view:
     an uncompressed member is memory-mapped where it lies, a compressed one is first copied out
     (streamed) to ``features-from.npy`` in the stage folder; nothing is converted to float32."""
@@ -204,8 +206,11 @@ def _from_npz(cfg: StageConfig, ids: list, sd: StageDir) -> FeatureSet:
         import zipfile
 
         out = sd.path / "features-from.npy"
-        with zipfile.ZipFile(path) as zf, zf.open("features.npy") as src:
-            atomic_write(out, lambda f: shutil.copyfileobj(src, f, 1 << 24))
+        if ctx.rank == 0:  # one copy, by one process
+            with zipfile.ZipFile(path) as zf, zf.open("features.npy") as src:
+                atomic_write(out, lambda f: shutil.copyfileobj(src, f, 1 << 24))
+        if ctx.dist:
+            ctx.dist.barrier()
         path, member, arr = out, None, open_array(out)
     kind = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32"}.get(arr.dtype)
     if kind is None:
@@ -213,6 +218,8 @@ def _from_npz(cfg: StageConfig, ids: list, sd: StageDir) -> FeatureSet:
     index = {i: k for k, i in enumerate(file_ids)}
     missing = [i for i in ids if i not in index]
     if missing or len(file_ids) != len(index) or arr.shape[0] != len(file_ids):
+        if member is None and path.parent == sd.path and ctx.rank == 0:
+            path.unlink(missing_ok=True)  # the copy of a file that does not fit the pool
         raise ValueError(f"features in {cfg.features_from} do not match the pool: {len(missing)} pool id(s) "
                          f"have no feature row (first: {missing[:3]}), {arr.shape[0]} rows for {len(file_ids)} ids "
                          f"and {len(ids)} samples")
@@ -241,7 +248,7 @@ def features(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
         return _skipped(cfg, "features")
     ids = ctx.pool.ids()
     if cfg.features_from is not None:
-        fs = _from_npz(cfg, ids, sd)
+        fs = _from_npz(cfg, ids, sd, ctx)
     else:
         fs = (ctx.featurize or model_featurizer(cfg, ctx.progress))(sd, ctx.pool.records(ids))
     if len(fs) == 0:
@@ -284,7 +291,9 @@ def cluster(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
         dist.all_gather_object(parts, labels)
         labels = torch.cat(parts)
     sizes = torch.bincount(labels, minlength=k).tolist()
-    info = {"k": k, "sizes": sizes, "inertia": round(km.inertia_, 4), **({"k_report": report} if report else {})}
+    info = {"k": k, "sizes": sizes, "inertia": round(km.inertia_, 4), "n_iter": km.n_iter_,
+            **({"rows_in_memory": cfg.rows_in_memory} if cfg.rows_in_memory else {}),
+            **({"k_report": report} if report else {})}
     if ctx.rank == 0:
         atomic_write(sd.labels_npy, lambda f: np.save(f, labels.numpy()))
         atomic_write(sd.centroids_npy, lambda f: np.save(f, km.cluster_centers_.cpu().numpy()))
@@ -315,11 +324,12 @@ def select(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
     if cfg.rules == "release" and cfg.method not in ("random", "full", "semdedup"):
         chosen, extra = release_subset(fs.features, labels, fs.scores, method=cfg.method, budget=budget,
                                        k=sd.n_clusters(), seed=cfg.seed, progress=ctx.progress,
-                                       pool_budget=cfg.pool_budget if cfg.prune_mode == "budget" else None)
+                                       pool_budget=cfg.pool_budget if cfg.prune_mode == "budget" else None,
+                                       device=_compute_device())
     else:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + sd.t)
         chosen, extra = select_subset(fs.features, labels, fs.scores, method=cfg.method, budget=budget,
-                                      generator=gen, score_order=cfg.scores, eps=cfg.eps)
+                                      generator=gen, score_order=cfg.scores, eps=cfg.eps, device=_compute_device())
     info.update(extra)
     chosen_ids = [fs.ids[i] for i in sorted(chosen.tolist())]
     info["selected"] = len(chosen_ids)

@@ -39,7 +39,8 @@ def layer_means(model, encoder, records: list[dict]) -> list[torch.Tensor]:
     try:
         for rec in records:
             prompt, _ = encoder.encode_prompt(rec)
-            kw = model_inputs(encoder.collate_prompts([prompt]), model)
+            with encoder.no_slots():
+                kw = model_inputs(encoder.collate_prompts([prompt]), model)
             hidden = model(**kw, output_hidden_states=True).hidden_states[1:]
             if not per_layer:
                 per_layer = [[] for _ in hidden]

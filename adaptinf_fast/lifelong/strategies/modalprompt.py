@@ -19,7 +19,9 @@
   P_t; inference uses the top-min(t, K) tasks by c, ascending (the best next to the text). K =
   ``modalprompt.top_k`` (3, the official code's; MCITlib uses 1). The choice is per record, so a
   left-padded batch under ``generate`` answers as one by one.
-* Loss: the LM loss + (1 − cos(f_img, p_t)) + (1 − cos(f_txt, p_t)), batch means.
+* Loss: the LM loss + (1 − cos(f_img, p_t)) + (1 − cos(f_txt, p_t)), batch means; with Adapt-∞
+  selection a stage also replays earlier tasks' records, and the feature terms apply to task t's
+  own records only (in the official setting a stage trains on task t's data alone).
 * After stage t the prompts and MLPs of tasks 1..t are saved with the stage (``modalprompt.pt``, at
   the end of training); the router's anchors are set to the prototypes (``router.pt``).
 """
@@ -41,14 +43,16 @@ from .base import Strategy, routing_accuracy
 class PromptBank(nn.Module):
     """Per task: prompt vectors (L, d) and an MLP d → d → D; all tasks built (seeded) at once."""
 
-    def __init__(self, embeddings: torch.Tensor, out_dim: int, length: int, tasks: int, seed: int):
+    def __init__(self, embeddings: nn.Module, out_dim: int, length: int, tasks: int, seed: int):
         super().__init__()
-        vocab, d = embeddings.shape
+        vocab, d = embeddings.weight.shape
         prompts, mlps = [], []
         for t in range(tasks):
             gen = torch.Generator().manual_seed(seed * 7_919 + t)
             rows = torch.randint(vocab, (length,), generator=gen)
-            prompts.append(nn.Parameter(embeddings[rows].detach().float().cpu().clone()))
+            with torch.no_grad():  # through the module: a model that scales its embeddings (Gemma 3) is matched
+                start = embeddings(rows.to(embeddings.weight.device))
+            prompts.append(nn.Parameter(start.float().cpu().clone()))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed * 7_919 + t)
                 mlps.append(nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, out_dim)))
@@ -87,7 +91,7 @@ class ModalPrompt(Strategy):
             raise ValueError(f"modalprompt compares one prototype with every modality: the router's features have "
                              f"widths {widths}; use a CLIP whose image and text features match (e.g. ViT-L/14: 768)")
         emb = model.get_input_embeddings()
-        self.bank = PromptBank(emb.weight, next(iter(widths.values())), self.knobs.length, len(self.run.tasks),
+        self.bank = PromptBank(emb, next(iter(widths.values())), self.knobs.length, len(self.run.tasks),
                                self.cfg.seed).to(emb.weight.device)
         self.bank.trainable(None)
         model.add_module("modalprompt_bank", self.bank)  # its parameters train with the model's (and under DDP)
@@ -96,9 +100,19 @@ class ModalPrompt(Strategy):
 
     def _fill(self, module, args, out):
         """The input embeddings with the reserved positions filled by each row's chosen prompts."""
-        mask = self.encoder.slot_mask
-        if self.orders is None or mask is None or tuple(out.shape[:2]) != tuple(mask.shape):
-            return None  # not a prompted batch, or a later generation step (one new token)
+        enc, ids = self.encoder, args[0] if args else None
+        mask = enc.slot_mask
+        if self.orders is None or mask is None or ids is None or tuple(ids.shape) != tuple(mask.shape):
+            return None  # not a prompted batch, a later generation step (one new token), a model's own lookup
+        saved = enc.slot_ids.to(ids.device)
+        same = ids == saved
+        if enc.image_token_id is not None:  # a VLM may embed its image positions under another id
+            same |= saved == enc.image_token_id
+        if not bool(same.all()):
+            raise RuntimeError("modalprompt: the input embeddings are not of the batch whose prompt positions the "
+                               "encoder reserved (a batch collated in between without Encoder.no_slots?)")
+        if len(self.orders) != mask.shape[0]:
+            raise RuntimeError(f"modalprompt: prompt choices for {len(self.orders)} rows, a batch of {mask.shape[0]}")
         rows = torch.cat([self.bank.prompts[i] for order in self.orders for i in order])
         return out.masked_scatter(mask.to(out.device)[..., None], rows.to(out.dtype))
 
@@ -159,6 +173,8 @@ class ModalPrompt(Strategy):
         ids = [r["id"] for r in records]
         feats = self.router.features(list(records))  # frozen CLIP features of the stage's training records
         row_of = {i: k for k, i in enumerate(ids)}
+        own = {r["id"] for r in self.run.task_records(t)}
+        mine = torch.tensor([i in own for i in ids])  # the feature loss pulls p_t towards task t's records only
         c = self.scores(feats, t)
         orders = self.train_orders(c, t)
         current: dict[str, torch.Tensor] = {}
@@ -166,11 +182,13 @@ class ModalPrompt(Strategy):
         def hooked(items: list[dict]) -> dict:
             rows = torch.tensor([row_of[it["_id"]] for it in items])
             self.orders = [orders[r] for r in rows.tolist()]
-            current.update({m: f[rows.to(f.device)] for m, f in feats.items()})
+            keep = rows[mine[rows]]
+            current.clear()
+            current.update({m: f[keep.to(f.device)] for m, f in feats.items()})
             return collate(items)
 
         def extra_loss() -> torch.Tensor:
-            """Σ over the batch's rows of Σ_m (1 − cos(f_m, p_t))."""
+            """Σ over the batch's rows of task t of Σ_m (1 − cos(f_m, p_t)) (replayed rows add 0)."""
             proto = self.bank.mlps[t - 1](self.bank.prompts[t - 1]).mean(0)
             return sum((1.0 - _cos(f.to(proto.device), proto[None])[:, 0]).sum() for f in current.values())
 

@@ -186,6 +186,7 @@ def semdedup(
     nonfinite: str = "raise",
     backend: str = "auto",
     distributed: bool = False,
+    device: Any = None,
 ) -> torch.Tensor:
     """SemDeDup threshold pruning: drop sample j when M_j > 1 - eps (one kernel pass for all eps).
 
@@ -198,7 +199,7 @@ def semdedup(
         seed: seed of ``order="random"``.
         exact: decisions equal those of float32 arithmetic on the same input values (see
             ``cluster_max_similarity``); without it the Triton kernel's fp16-screened values decide.
-        nonfinite, backend, distributed: as in ``cluster_max_similarity`` (x may be a FeatureView).
+        nonfinite, backend, distributed, device: as in ``cluster_max_similarity`` (x may be a FeatureView).
 
     Returns:
         bool keep mask: (N,) for one eps, (len(eps), N) for a list.
@@ -211,7 +212,7 @@ def semdedup(
     if isinstance(order, str):
         order = semdedup_order(x, labels, order, centroids=centroids, seed=seed)
     m, _ = cluster_max_similarity(x, labels, order=order, exact=exact, nonfinite=nonfinite, backend=backend,
-                                  distributed=distributed)
+                                  distributed=distributed, device=device)
     keep = torch.stack([~(m > 1.0 - e) for e in eps_list])
     return keep if isinstance(eps, (list, tuple)) else keep[0]
 

@@ -33,7 +33,7 @@ def cluster_tiles(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, t
     cluster (int64, N), first rows of the row tiles sorted longest walk first (int64))."""
     n = xn.shape[0]
     perm = cluster_major(labels, order)
-    xs = xn[perm].contiguous()
+    xs = xn if torch.equal(perm, torch.arange(n, device=perm.device)) else xn[perm]  # no copy when already grouped.contiguous()
     sorted_labels = labels[perm]
     new_cluster = torch.ones(n, dtype=torch.bool, device=xn.device)
     new_cluster[1:] = sorted_labels[1:] != sorted_labels[:-1]
@@ -53,7 +53,7 @@ def max_similarity(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, 
     """
     n = xn.shape[0]
     perm = cluster_major(labels, order)
-    xs = xn[perm]
+    xs = xn if torch.equal(perm, torch.arange(n, device=perm.device)) else xn[perm]  # no copy when already grouped
     best = torch.full((n,), float("-inf"), dtype=torch.float32, device=xn.device)
     arg = torch.full((n,), -1, dtype=torch.int64, device=xn.device)
     spans = cluster_offsets(labels[perm])

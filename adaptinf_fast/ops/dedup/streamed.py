@@ -60,7 +60,10 @@ def _comm(distributed: bool):
 def _rows(x: Any, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Rows ``idx`` of x (a tensor or a FeatureView), L2-normalised float32 on ``device``."""
     rows = x[idx.to(x.device) if isinstance(x, torch.Tensor) else idx]
-    return torch.nn.functional.normalize(rows.to(device, torch.float32), dim=1)
+    out = rows.to(device, torch.float32)
+    if out is rows:  # the caller's own float32 tensor: not touched
+        return torch.nn.functional.normalize(out, dim=1)
+    return out.div_(out.norm(2, 1, keepdim=True).clamp_min_(1e-12))  # = F.normalize, without a second copy
 
 
 def max_similarity(x: Any, labels: torch.Tensor, order: torch.Tensor, *, impl, exact_kw: dict,

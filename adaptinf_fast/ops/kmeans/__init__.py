@@ -118,6 +118,8 @@ class KMeans:
         device: where to compute (default: where the data is); host data is streamed to it in chunks.
         progress: show a progress bar over iterations.
         chunk_rows: rows per streamed chunk (default: 256 MiB of float32 rows).
+        distributed: under an initialised ``torch.distributed`` group, fit the union of the ranks'
+            shards (default); False: this process's data alone, whatever the group.
 
     Attributes (after ``fit``): ``cluster_centers_`` float32 (K, D), ``labels_`` int64 (N,),
     ``inertia_`` (sum of squared distances to the assigned centre; for cosine between unit
@@ -144,9 +146,11 @@ class KMeans:
         device: str | torch.device | None = None,
         progress: bool = False,
         chunk_rows: int | None = None,
+        distributed: bool = True,
     ):
         self.n_clusters = _validate.positive_int(n_clusters, "n_clusters")
         self.chunk_rows = None if chunk_rows is None else _validate.positive_int(chunk_rows, "chunk_rows")
+        self.distributed = bool(distributed)
         self.metric = _check_metric(metric)
         self.n_init = _validate.positive_int(n_init, "n_init")
         self.max_iter = _validate.positive_int(max_iter, "max_iter")
@@ -213,7 +217,7 @@ class KMeans:
             t = x
         else:
             t = _validate.float_matrix(x, "x")
-        comm = Comm()
+        comm = Comm(self.distributed)
         if self.nonfinite == "raise":
             _check_finite_chunked(t, "x", self.chunk_rows or max(1, CHUNK_BYTES // (4 * max(t.shape[1], 1))))
         else:

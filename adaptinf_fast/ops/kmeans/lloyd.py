@@ -36,10 +36,10 @@ class LloydResult:
 class Comm:
     """All-reduce helpers that are no-ops without an initialised multi-process group."""
 
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
         import torch.distributed as dist
 
-        on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        on = enabled and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.dist = dist if on else None
         self.rank = dist.get_rank() if on else 0
         self.world = dist.get_world_size() if on else 1
