@@ -164,9 +164,10 @@ def main(argv=None) -> int:
                 row = {"N": n, "D": args.d, "K": args.k, "step": step, "device": device, "commit": commit,
                        "features_bytes": n * args.d * 2, **res}
                 if step == "cluster":
-                    sizes = json.loads(res["output"])["cluster"]["sizes"]
+                    info = json.loads(res["output"])["cluster"]
+                    sizes = info["sizes"]
                     sum_sq = sum(s * s for s in sizes)
-                    row.update(largest_cluster=max(sizes), sum_sq_cluster=sum_sq)
+                    row.update(largest_cluster=max(sizes), sum_sq_cluster=sum_sq, n_iter=info.get("n_iter"))
                 if step == "prune":
                     row["sum_sq_cluster"] = sum_sq
                 row.pop("output")

@@ -33,7 +33,9 @@ def cluster_tiles(xn: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, t
     cluster (int64, N), first rows of the row tiles sorted longest walk first (int64))."""
     n = xn.shape[0]
     perm = cluster_major(labels, order)
-    xs = xn if torch.equal(perm, torch.arange(n, device=perm.device)) else xn[perm]  # no copy when already grouped.contiguous()
+    # No copy when the rows are already grouped (meta tensors, in the static check, cannot compare).
+    grouped = perm.device.type != "meta" and torch.equal(perm, torch.arange(n, device=perm.device))
+    xs = xn.contiguous() if grouped else xn[perm]
     sorted_labels = labels[perm]
     new_cluster = torch.ones(n, dtype=torch.bool, device=xn.device)
     new_cluster[1:] = sorted_labels[1:] != sorted_labels[:-1]
