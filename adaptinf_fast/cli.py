@@ -19,6 +19,8 @@ _NEEDED_FOR = {
     "matplotlib": ("plots", "pip install matplotlib"),
     "sklearn": ("the demo's digits task", "pip install scikit-learn"),
     "yaml": ("YAML configs", "pip install pyyaml"),
+    **dict.fromkeys(("flwr", "ray"), ("federated runs on Flower (demo-federated)",
+                                     "pip install 'adaptinf-fast[federated]' (flwr[simulation])")),
 }
 
 
@@ -149,6 +151,30 @@ def _run(args) -> int:
     return 0
 
 
+def _federated(args) -> int:
+    from .federated.config import FederatedRunConfig, FederatedRunFile
+    from .federated.fcit import FederatedRun
+    from .lifelong.config import load_run_config
+    from .lifelong.run import format_matrix
+
+    out, tasks, cfg, model = load_run_config(args.config, FederatedRunFile, FederatedRunConfig)
+    out = args.out or out
+    _quiet_transformers()
+    make = lambda: FederatedRun(out, tasks, cfg, dict(model), progress=not args.no_progress)
+    if args.engine == "local":
+        res = make().run()
+    else:
+        from .federated.apps import simulate
+
+        simulate(make, cfg.federated.clients, cpus_per_client=args.cpus_per_client)
+        import json
+
+        res = json.loads((Path(out) / "summary.json").read_text())
+    print(format_matrix(res))
+    print(f"wrote {Path(out) / 'summary.json'} and {Path(out) / 'accuracy.json'}")
+    return 0
+
+
 def _merge(args) -> int:
     from .lifelong.models import base_loader
     from .lifelong.reapply import reapply_merge
@@ -160,6 +186,19 @@ def _merge(args) -> int:
                         clamp=args.clamp, out=args.out, progress=not args.no_progress)
     print(format_matrix(res))
     print(f"wrote {args.out or Path(args.run) / f'merge-{args.method}'}/summary.json and accuracy.json")
+    return 0
+
+
+def _federated_demo(args) -> int:
+    from .demo.federated import FederatedDemoConfig, run_federated_demo
+
+    _quiet_transformers()
+    flags = dict(out=args.out, tasks=tuple(args.tasks.split(",")) if args.tasks else None, n_train=args.n_train,
+                 n_test=args.n_test, clients=args.clients, per_round=args.per_round, rounds=args.rounds,
+                 local_epochs=args.local_epochs, beta=args.beta, seed=args.seed, engine=args.engine,
+                 compare=tuple(args.compare.split(",")) if args.compare else None,
+                 pilora=False if args.no_pilora else None, progress=not args.no_progress)
+    run_federated_demo(FederatedDemoConfig(**{k: v for k, v in flags.items() if v is not None}))
     return 0
 
 
@@ -209,6 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--baseline", action="append", default=[], metavar="NAME=RUN_FOLDER",
                      help="a finished run of the same tasks to report the relative gain against (repeatable)")
     run.add_argument("--no-progress", action="store_true")
+    fedrun = sub.add_parser("federated", help="a federated continual run (FCIT: FedAvg or DISCO, optionally Adapt-inf "
+                            "selection on every client) from a run config with a 'federated' section, on Flower")
+    fedrun.add_argument("--config", required=True, type=Path)
+    fedrun.add_argument("--out", type=Path, default=None, help="output folder (default: the config's 'out')")
+    fedrun.add_argument("--engine", choices=["flower", "local"], default="flower",
+                        help="flower: Flower's simulation engine (Ray), one virtual SuperNode per client; "
+                             "local: every client in this process")
+    fedrun.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray resources per simulated client")
+    fedrun.add_argument("--no-progress", action="store_true")
     merge = sub.add_parser("merge", help="re-apply a training-free merge of a finished run's per-stage adapters")
     merge.add_argument("run", type=Path, help="a finished run folder (from run or demo)")
     merge.add_argument("--method", required=True, choices=["average", "ties", "copa"],
@@ -232,11 +280,29 @@ def main(argv: list[str] | None = None) -> int:
     ops.add_argument("--eps", type=float, default=0.05, help="SemDeDup threshold eps")
     ops.add_argument("--budget", type=int, default=None, help="pool size after pruning (default 5/8 of the pool)")
     ops.add_argument("--seed", type=int, default=0)
+    fed = sub.add_parser("demo-federated", help="a scaled-down FCIT on the built-in tasks under Flower's simulation "
+                         "(FedAvg, DISCO, DISCO + Adapt-inf selection on every client), then PILoRA (no network)")
+    fed.add_argument("--out", type=Path, help="output folder (default ./adaptinf-demo-federated)")
+    fed.add_argument("--tasks", help="comma-separated tasks, one stage each")
+    fed.add_argument("--n-train", type=int, help="training records per task (split over the clients)")
+    fed.add_argument("--n-test", type=int, help="test records per task")
+    fed.add_argument("--clients", type=int, help="clients (default 10)")
+    fed.add_argument("--per-round", type=int, help="clients sampled per round (default 3)")
+    fed.add_argument("--rounds", type=int, help="rounds per stage (default 2)")
+    fed.add_argument("--local-epochs", type=int, help="epochs per client per round (default 10)")
+    fed.add_argument("--beta", type=float, help="Dirichlet concentration of the split (default 1.0)")
+    fed.add_argument("--compare", help="runs among fedavg,disco,disco+adaptinf (default all three)")
+    fed.add_argument("--engine", choices=["flower", "local"], help="flower (default): Flower's simulation engine; "
+                     "local: the same rounds in this process")
+    fed.add_argument("--no-pilora", action="store_true", help="skip the PILoRA class-incremental run")
+    fed.add_argument("--seed", type=int)
+    fed.add_argument("--no-progress", action="store_true")
     from .lifelong.cli import add_parsers, run as run_pool_command
 
     add_parsers(sub)
     args = parser.parse_args(argv)
-    commands = {"info": lambda a: model_info(a.model) if a.model else info(), "demo": _demo, "run": _run, "merge": _merge, "demo-ops": _ops_demo}
+    commands = {"info": lambda a: model_info(a.model) if a.model else info(), "demo": _demo, "run": _run, "merge": _merge, "demo-ops": _ops_demo,
+                "demo-federated": _federated_demo, "federated": _federated}
     try:
         return commands.get(args.command, run_pool_command)(args)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:

@@ -438,16 +438,18 @@ def load_stage_config(path: str | Path) -> tuple[str | None, list[StageConfig]]:
     return spec.pool, cfgs
 
 
-def load_run_config(path: str | Path) -> tuple[Path, list, RunConfig, dict]:
-    """(out folder, tasks, RunConfig, model settings) from a run config file, all errors at once."""
+def load_run_config(path: str | Path, file_schema: type = None, config_schema: type = None) -> tuple[Path, list, RunConfig, dict]:
+    """(out folder, tasks, RunConfig, model settings) from a run config file, all errors at once
+    (``file_schema`` / ``config_schema``: a federated run's, ``federated/config.py``)."""
     from .run import Task
 
+    file_schema, config_schema = file_schema or RunFile, config_schema or RunConfig
     doc = read_config(path)
     try:
-        spec = RunFile.model_validate(doc)
+        spec = file_schema.model_validate(doc)
     except ValidationError as exc:
         _fail(path, error_lines(exc))
-    cfg = RunConfig(**spec.model_dump(include=set(RunConfig.model_fields)))
+    cfg = config_schema(**spec.model_dump(include=set(config_schema.model_fields)))
     errors, tasks = [], []
     for t, s in enumerate(spec.stages, 1):
         try:
