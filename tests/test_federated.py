@@ -301,6 +301,15 @@ def test_capability_and_heterogeneous_shards_follow_the_settings(fed_setting):
     assert all(len(part) >= 2 for part in stage1)
     for c in range(4):  # heterogeneous: odd clients train stage 1's shard again at stage 2
         assert (shard(c, 2) == stage1[c]) == (c % 2 == 1)
+    # and it runs with Adapt-∞ on the clients: a shard seen again is not added twice to a client's pool
+    cfg = fed_config("disco", True, clients=2, per_round=2, rounds_per_task=1, scenario="capability",
+                     groups=[["successor", "colours"], ["again"]], heterogeneous=True)
+    res = FederatedRun(root / "cap-run", three, cfg, {"base": str(base)}, say=lambda m: None).run()
+    assert np.array(res["accuracy"]).shape == (3, 2)
+    pool = PoolStore(root / "cap-run/clients/c001/pool")
+    ids = [r["id"] for r in pool.rows]
+    assert len(ids) == len(set(ids)) == len(set(json.loads(l)["id"] for s in (1, 2)
+                                                 for l in open(root / f"cap-run/clients/c001/data/stage-{s}.jsonl")))
 
 
 def test_federated_command_runs_a_config_file(fed_setting, tmp_path):

@@ -19,7 +19,7 @@ class FederatedSettings(Strict):
     rounds_per_task: int = Field(10, ge=1)
     local_epochs: int = Field(1, ge=1)
     beta: float = Field(1.0, gt=0)
-    min_size: int = Field(1, ge=0)  # records per client per stage, at least
+    min_size: int = Field(1, ge=1)  # records per client per stage, at least (every sampled client trains)
     scenario: Literal["task", "capability"] = "task"  # one dataset per stage, or grouped datasets
     groups: Optional[list[list[str]]] = None  # capability: the tasks of each stage (default: pairs)
     heterogeneous: bool = False  # clients of one stage hold different tasks (split.shard_stage)

@@ -174,7 +174,12 @@ def _selected(m: FederatedModel, doc: dict, out: Path, c: int, s: int, shard: li
     k = cfg.selection.k
     if isinstance(k, int):
         k = max(1, min(k, len(pool.ids()) + len(shard)))
-    sc = cfg.stage_config(p, doc["stages"][s - 1]["name"], str(cdir / "data" / f"stage-{s}.jsonl"), {"k": k})
+    # what the pool has never held (a heterogeneous client trains an earlier shard again: already added)
+    fresh = cdir / "data" / f"new-{s}.jsonl"
+    if not pool.state.finished(p, "add"):
+        known = {row["id"] for row in pool.rows}
+        write_jsonl(fresh, [x for x in shard if x["id"] not in known])
+    sc = cfg.stage_config(p, doc["stages"][s - 1]["name"], str(fresh), {"k": k})
     if not chosen.exists():
         from ..features import GradientFeaturizer
 
