@@ -166,7 +166,7 @@ def _federated(args) -> int:
     else:
         from .federated.apps import simulate
 
-        simulate(make, cfg.federated.clients, cpus_per_client=args.cpus_per_client)
+        simulate(make, cfg.federated.clients, cpus_per_client=args.cpus_per_client, gpus_per_client=args.gpus_per_client)
         import json
 
         res = json.loads((Path(out) / "summary.json").read_text())
@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="flower: Flower's simulation engine (Ray), one virtual SuperNode per client; "
                              "local: every client in this process")
     fedrun.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray resources per simulated client")
+    fedrun.add_argument("--gpus-per-client", type=float, default=0.0,
+                        help="GPUs per simulated client (e.g. 0.25: four share one; 0: clients train on the CPU)")
     fedrun.add_argument("--no-progress", action="store_true")
     merge = sub.add_parser("merge", help="re-apply a training-free merge of a finished run's per-stage adapters")
     merge.add_argument("run", type=Path, help="a finished run folder (from run or demo)")

@@ -253,20 +253,22 @@ def test_disco_with_selection_on_every_client_resumes_after_kills_to_the_same_re
         assert len(pool.ids()) <= 6  # the pool budget
 
 
-def test_fedavg_over_flower_equals_the_in_process_engine(fed_setting):
+def test_disco_over_flower_equals_the_in_process_engine(fed_setting):
     pytest.importorskip("flwr")  # installed with the test extra; a bare install skips only this
     from adaptinf_fast.federated.apps import simulate
     from adaptinf_fast.federated.fcit import FederatedRun
 
     root, tasks, base, _ = fed_setting
-    cfg = fed_config("fedavg", False, rounds_per_task=1)
+    cfg = fed_config("disco", False, rounds_per_task=1)
     FederatedRun(root / "local", tasks[:1], cfg, {"base": str(base)}, say=lambda m: None).run()
     simulate(lambda: FederatedRun(root / "flower", tasks[:1], cfg, {"base": str(base)}, say=lambda m: None), 3)
     (sl, ml), (sf, mf) = _final(root / "local"), _final(root / "flower")
     # the same rounds, the same replies; only float sums differ (Ray's workers run one thread, this process two)
     assert all(torch.allclose(sl["weights"][k], sf["weights"][k], rtol=0, atol=1e-6) for k in sl["weights"])
     assert any(float(v.abs().sum()) > 0 for k, v in sl["weights"].items() if "lora_B" in k)  # trained (B starts at 0)
+    assert torch.allclose(sl["protos"]["proto_sums"], sf["protos"]["proto_sums"], rtol=0, atol=1e-6)
     assert ml["accuracy"] == mf["accuracy"] and [h["clients"] for h in sl["history"]] == [h["clients"] for h in sf["history"]]
+    assert [h["groups"] for h in sl["history"]] == [h["groups"] for h in sf["history"]]
 
 
 def test_demo_federated_command_runs_the_three_strategies(tmp_path, capsys):
@@ -286,7 +288,8 @@ def test_capability_and_heterogeneous_shards_follow_the_settings(fed_setting):
     from adaptinf_fast.federated.fcit import FederatedRun
 
     root, tasks, base, _ = fed_setting
-    three = tasks + [type(tasks[0])("again", tasks[0].train, tasks[0].test, images=tasks[0].images)]
+    again = [{**r, "id": f"again-{r['id']}"} for r in tasks[0].train]
+    three = tasks + [type(tasks[0])("again", again, tasks[0].test, images=tasks[0].images)]
     cfg = fed_config("disco", False, clients=4, scenario="capability", groups=[["successor", "colours"], ["again"]],
                      heterogeneous=True, beta=0.5, min_size=2)
     run = FederatedRun(root / "cap", three, cfg, {"base": str(base)}, say=lambda m: None)
@@ -306,10 +309,43 @@ def test_capability_and_heterogeneous_shards_follow_the_settings(fed_setting):
                      groups=[["successor", "colours"], ["again"]], heterogeneous=True)
     res = FederatedRun(root / "cap-run", three, cfg, {"base": str(base)}, say=lambda m: None).run()
     assert np.array(res["accuracy"]).shape == (3, 2)
-    pool = PoolStore(root / "cap-run/clients/c001/pool")
-    ids = [r["id"] for r in pool.rows]
-    assert len(ids) == len(set(ids)) == len(set(json.loads(l)["id"] for s in (1, 2)
-                                                 for l in open(root / f"cap-run/clients/c001/data/stage-{s}.jsonl")))
+    for c in range(2):  # every record a client was given is in its pool once (added, then kept or pruned)
+        pool = PoolStore(root / f"cap-run/clients/c{c:03d}/pool")
+        ids = [r["id"] for r in pool.rows]
+        given = {json.loads(l)["id"] for s in (1, 2) for l in open(root / f"cap-run/clients/c{c:03d}/data/stage-{s}.jsonl")}
+        assert len(ids) == len(set(ids)) and set(ids) == given
+    # record ids repeated across tasks are refused up front (a pool keys records by id)
+    clash = tasks + [type(tasks[0])("clash", tasks[0].train, tasks[0].test, images=tasks[0].images)]
+    with pytest.raises(ValueError, match="unique id"):
+        FederatedRun(root / "clash", clash, fed_config("fedavg", False), {"base": str(base)}).prepare()
+    # a resumed folder with other settings is refused
+    with pytest.raises(ValueError, match="another config"):
+        FederatedRun(root / "cap-run", three, fed_config("fedavg", False), {"base": str(base)}).prepare()
+
+
+def test_groups_landing_on_one_subspace_are_averaged_together():
+    rank = 1
+    glob = {"m.lora_A.weight": torch.zeros(2, 3), "m.lora_B.weight": torch.zeros(3, 2)}
+    protos = Prototypes(2, 2)
+    protos.add(0, torch.tensor([1.0, 0.0]), 1)
+    protos.add(1, torch.tensor([0.0, 1.0]), 1)  # no free slot: every group goes to its nearest
+    feats = [torch.tensor([1.0, 0.05]), torch.tensor([0.6, 0.4]), torch.tensor([1.0, -0.05])]
+    vals = [1.0, 2.0, 4.0]
+    replies = [{"state": {"m.lora_A.weight": torch.full((1, 3), v), "m.lora_B.weight": torch.full((3, 1), v)},
+                "n": 1, "feature_sum": f, "feature_count": 1} for f, v in zip(feats, vals)]
+    new, groups = disco_aggregate(glob, replies, protos, rank, 0.95)
+    assert len(groups) >= 2 and all(g["slot"] == 0 for g in groups)  # separate groups, one slot
+    assert torch.allclose(new["m.lora_A.weight"][0], torch.full((3,), 7.0 / 3))  # all three averaged, none lost
+    assert torch.equal(new["m.lora_A.weight"][1], torch.zeros(3))
+
+
+def test_flower_messages_carry_bfloat16_exactly():
+    pytest.importorskip("flwr")
+    from adaptinf_fast.federated.apps import _pack, _unpack
+
+    arrays = {"a": torch.randn(3, 4).to(torch.bfloat16), "b": torch.randn(2, dtype=torch.float64)}
+    meta, back = _unpack(_pack({"client": 1}, arrays))
+    assert meta == {"client": 1} and all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in arrays.items())
 
 
 def test_federated_command_runs_a_config_file(fed_setting, tmp_path):

@@ -9,9 +9,10 @@ DISCO (``Ghy0501/FCIT``, ``Fed_utils/model_aggregation.py``), where we differ on
   learned prototype: that slot; else the first free slot; else the nearest), every round; the
   official code maps groups to slots by their order in a list rebuilt at a task's first round;
 * prototypes are data-weighted running means, (P·S + Σf) / (S + n) (the official update divides
-  only the new sum, so a reused slot's prototype stops moving), kept in float32 (not bf16);
-* every member's trained subspace is averaged into its group's slot, weighted by data size; other
-  slots and weights are untouched (the official code copies the last client's other weights).
+  only the new sum, so a reused slot's prototype stops moving), kept in float64 (not bf16);
+* every member's trained subspace is averaged into its group's slot, weighted by data size (groups
+  that land on one slot in a round are averaged together; a member that trained another slot is
+  moved, as the official code renames it); other slots and weights are untouched (the official code copies the last client's other weights).
 """
 
 from __future__ import annotations
@@ -113,17 +114,19 @@ def disco_aggregate(global_state: dict[str, torch.Tensor], replies: Sequence[dic
     ``protos`` is updated in place."""
     means = torch.stack([r["feature_sum"].double() / max(r["feature_count"], 1) for r in replies])
     new = {k: v.clone() for k, v in global_state.items()}
-    groups = []
+    groups, by_slot = [], {}
     for members in greedy_groups(means, threshold):
         n = sum(replies[i]["n"] for i in members)
         rep = sum(replies[i]["feature_sum"].double() for i in members) / sum(replies[i]["feature_count"] for i in members)
         slot = protos.choose(rep, threshold)
+        protos.add(slot, sum(replies[i]["feature_sum"].double() for i in members),
+                   sum(replies[i]["feature_count"] for i in members))
+        by_slot.setdefault(slot, []).extend(members)
+        groups.append({"members": members, "slot": slot, "n": n})
+    for slot, members in by_slot.items():  # groups that land on one subspace are averaged together
         avg = weighted_mean([replies[i]["state"] for i in members], [replies[i]["n"] for i in members])
         for k, v in avg.items():
             new[k][slot_rows(k, slot, rank)] = v.to(new[k].dtype)
-        protos.add(slot, sum(replies[i]["feature_sum"].double() for i in members),
-                   sum(replies[i]["feature_count"] for i in members))
-        groups.append({"members": members, "slot": slot, "n": n})
     return new, groups
 
 

@@ -38,12 +38,18 @@ def _fit_any(job: dict, arrays: dict[str, torch.Tensor]):
 
 
 def _pack(meta: dict, arrays: dict[str, torch.Tensor]) -> RecordDict:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in arrays.items()}
-    return RecordDict({"arrays": ArrayRecord(torch_state_dict=tensors), "config": ConfigRecord({"meta": json.dumps(meta)})})
+    """Flower's arrays carry no bfloat16: those go as float32 (exact) and are cast back on arrival."""
+    bf16 = sorted(k for k, v in arrays.items() if v.dtype == torch.bfloat16)
+    tensors = {k: (v.float() if k in bf16 else v).detach().cpu().contiguous() for k, v in arrays.items()}
+    return RecordDict({"arrays": ArrayRecord(torch_state_dict=tensors),
+                       "config": ConfigRecord({"meta": json.dumps(meta), "bf16": json.dumps(bf16)})})
 
 
 def _unpack(content: RecordDict) -> tuple[dict, dict[str, torch.Tensor]]:
-    return json.loads(content["config"]["meta"]), dict(content["arrays"].to_torch_state_dict())
+    arrays = dict(content["arrays"].to_torch_state_dict())
+    for k in json.loads(content["config"]["bf16"]):
+        arrays[k] = arrays[k].to(torch.bfloat16)
+    return json.loads(content["config"]["meta"]), arrays
 
 
 client_app = ClientApp()
@@ -70,14 +76,19 @@ class GridDispatch:
     def __init__(self, grid: Grid, clients: int, wait_s: float = 120.0):
         self.grid, self.node_of = grid, {}
         deadline = time.monotonic() + wait_s
-        while len(self.node_of) < clients:
+        while not set(range(clients)) <= self.node_of.keys():
             nodes = [n for n in grid.get_node_ids() if n not in self.node_of.values()]
             if nodes:
                 asks = [Message(content=RecordDict(), dst_node_id=n, message_type="query") for n in nodes]
                 for rep in grid.send_and_receive(asks):
-                    if not rep.has_error():
-                        self.node_of[int(rep.content["config"]["client"])] = rep.metadata.src_node_id
-            if len(self.node_of) < clients:
+                    if rep.has_error():
+                        continue
+                    c = int(rep.content["config"]["client"])
+                    if not 0 <= c < clients or c in self.node_of:
+                        raise RuntimeError(f"a node says it holds client {c}: partition ids must be 0..{clients - 1}, "
+                                           "each on one node")
+                    self.node_of[c] = rep.metadata.src_node_id
+            if not set(range(clients)) <= self.node_of.keys():
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{len(self.node_of)} of {clients} clients connected within {wait_s:.0f} s")
                 time.sleep(0.2)
@@ -107,9 +118,11 @@ def server_app(make_run: Callable[[], object], clients: int) -> ServerApp:
     return app
 
 
-def simulate(make_run: Callable[[], object], clients: int, cpus_per_client: float = 1.0) -> None:
+def simulate(make_run: Callable[[], object], clients: int, cpus_per_client: float = 1.0,
+             gpus_per_client: float = 0.0) -> None:
     """Run a federated run under Flower's simulation engine (Ray backend): ``clients`` virtual
-    SuperNodes, ``cpus_per_client`` each (how many train at once)."""
+    SuperNodes, ``cpus_per_client`` and ``gpus_per_client`` each (how many train at once; with 0
+    GPUs Ray hides the GPUs from the clients, which then train on the CPU)."""
     import logging
     import warnings
 
@@ -119,7 +132,7 @@ def simulate(make_run: Callable[[], object], clients: int, cpus_per_client: floa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_simulation(server_app(make_run, clients), client_app, num_supernodes=clients,
-                       backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+                       backend_config={"client_resources": {"num_cpus": cpus_per_client, "num_gpus": gpus_per_client},
                                        "init_args": {"include_dashboard": False, "log_to_driver": False}})
 
 

@@ -112,9 +112,10 @@ _MODELS: dict[str, FederatedModel] = {}
 
 
 def model_for(out: Path) -> tuple[FederatedModel, dict]:
-    """The process's model for run folder ``out`` (loaded once) and the run's run.json."""
-    doc = json.loads((Path(out) / "run.json").read_text())
-    key = str(Path(out).resolve())
+    """The process's model for run folder ``out`` (loaded once per run.json) and the run's run.json."""
+    text = (Path(out) / "run.json").read_text()
+    doc = json.loads(text)
+    key = f"{Path(out).resolve()}:{hash(text)}"
     if key not in _MODELS:
         _MODELS[key] = FederatedModel(FederatedRunConfig.model_validate(doc["config"]), doc["model"])
     return _MODELS[key], doc
@@ -143,7 +144,7 @@ def fit(job: dict, arrays: dict[str, torch.Tensor], progress: bool = False) -> R
         if not items:
             raise ValueError(f"client {c}, stage {s}: none of its {len(records)} records could be encoded")
         tc = cfg.train.model_copy(update={"epochs": fed.local_epochs, "pad_token_id": m.encoder.pad_token_id,
-                                          "seed": cfg.train.seed + 100_000 * s + 1_000 * r + c})
+                                          "seed": _seed(cfg.train.seed, s, r, c)})
         res = train_lora(m.model, items, tc, progress=progress, collate_fn=m.encoder.collate)
     state = m.state()
     meta.update(n=len(items), slot=slot, loss=round(res["losses"][-1], 4) if res["losses"] else None,
@@ -171,16 +172,18 @@ def _selected(m: FederatedModel, doc: dict, out: Path, c: int, s: int, shard: li
         write_json(stages_file, stages)
     p = stages[str(s)]
     cfg = m.cfg
-    k = cfg.selection.k
-    if isinstance(k, int):
-        k = max(1, min(k, len(pool.ids()) + len(shard)))
-    # what the pool has never held (a heterogeneous client trains an earlier shard again: already added)
+    # what the pool has never held (a heterogeneous client trains an earlier shard again: already added;
+    # ids are unique across the run's tasks, checked when the run is prepared)
     fresh = cdir / "data" / f"new-{s}.jsonl"
     if not pool.state.finished(p, "add"):
         known = {row["id"] for row in pool.rows}
         write_jsonl(fresh, [x for x in shard if x["id"] not in known])
-    sc = cfg.stage_config(p, doc["stages"][s - 1]["name"], str(fresh), {"k": k})
+    sc = cfg.stage_config(p, doc["stages"][s - 1]["name"], str(fresh))
     if not chosen.exists():
+        run_steps(sc, Context(pool, progress=False), ("add",), POOL_STEPS)
+        k = cfg.selection.k  # no more clusters than the pool holds after the add (the same on a resume)
+        if isinstance(k, int):
+            sc = cfg.stage_config(p, doc["stages"][s - 1]["name"], str(fresh), {"k": max(1, min(k, len(pool.ids())))})
         from ..features import GradientFeaturizer
 
         def featurize(sd: StageDir, records: list):
@@ -197,6 +200,11 @@ def _selected(m: FederatedModel, doc: dict, out: Path, c: int, s: int, shard: li
     records = read_jsonl(chosen)
     meta.update(pool_stage=p, selected=len(records), pool_after=len(pool.ids()))
     return records
+
+
+def _seed(*parts: int) -> int:
+    """A 31-bit seed from a tuple (no collisions between (stage, round, client) triples)."""
+    return int(np.random.SeedSequence([int(x) for x in parts]).generate_state(1)[0] >> 1)
 
 
 class LocalClients:
@@ -227,8 +235,16 @@ class FederatedRun:
         fed, by_name = self.cfg.federated, {t.name: t for t in self.tasks}
         tests = {t.name: _records(t.test, t.images, f"task {t.name!r} test")[: self.cfg.eval.limit] for t in self.tasks}
         if (self.out / "run.json").exists():
+            saved = json.loads((self.out / "run.json").read_text())
+            if saved["config"] != json.loads(self.cfg.model_dump_json()) or saved["model"] != self.model:
+                raise ValueError(f"{self.out} holds a run with another config or model (run.json); resume it with the "
+                                 "same settings, or use a fresh folder")
             return tests
-        doc = {"config": self.cfg.model_dump(), "model": self.model,
+        ids = [r["id"] for t in self.tasks for r in _records(t.train, t.images, f"task {t.name!r} train")]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{len(ids) - len(set(ids))} training record id(s) repeat across the tasks: a client's "
+                             "pool keys records by id; give every record a unique id (e.g. prefix the task name)")
+        doc = {"config": json.loads(self.cfg.model_dump_json()), "model": self.model,
                "stages": [{"name": "+".join(g), "tasks": g} for g in self.stages],
                "tasks": [{"name": t.name, "metric": t.metric} for t in self.tasks]}
         splits = []
@@ -251,7 +267,9 @@ class FederatedRun:
     def _load_state(self, m: FederatedModel) -> dict:
         if self.state_file.exists():
             return torch.load(self.state_file, weights_only=False)
-        return {"weights": m.state(), "next": [1, 0], "history": []}  # DISCO's prototypes come with the first replies
+        state = {"weights": m.state(), "next": [1, 0], "history": []}  # DISCO's prototypes come with the first replies
+        self._save_state(state)  # before any client trains: a retry starts from it, not from a process's model
+        return state
 
     def _save_state(self, state: dict) -> None:
         atomic_write(self.state_file, lambda f: torch.save(state, f))

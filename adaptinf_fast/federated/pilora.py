@@ -216,6 +216,8 @@ class PiloraRun:
 
     def prepare(self) -> None:
         if (self.out / "run.json").exists():
+            if json.loads((self.out / "run.json").read_text())["settings"] != self.s.model_dump():
+                raise ValueError(f"{self.out} holds a PILoRA run with other settings; resume it with the same ones")
             return
         data = self.data or digit_stream()
         classes = int(data["train_y"].max()) + 1
@@ -241,9 +243,12 @@ class PiloraRun:
         doc = json.loads((self.out / "run.json").read_text())
         s, tasks, classes = self.s, doc["tasks"], doc["classes"]
         net = _net(self.out)
-        state = torch.load(self.state_file, weights_only=False) if self.state_file.exists() else \
-            {"arrays": {**net.lora_state(), "centres": net.centres.detach().clone()}, "next": [1, 0], "history": [],
-             "accuracy": [self._evaluate(net, None, 0, tasks, classes)]}
+        if self.state_file.exists():
+            state = torch.load(self.state_file, weights_only=False)
+        else:  # saved before any client trains: a retry starts from it, not from a process's model
+            state = {"arrays": {**net.lora_state(), "centres": net.centres.detach().clone()}, "next": [1, 0],
+                     "history": [], "accuracy": [self._evaluate(net, None, 0, tasks, classes)]}
+            atomic_write(self.state_file, lambda f: torch.save(state, f))
         for t in range(1, tasks + 1):
             for r in range(s.rounds_per_task):
                 if [t, r] < state["next"]:
@@ -364,7 +369,7 @@ def fit(job: dict, arrays: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     current = torch.zeros(classes, dtype=torch.bool)
     current[(t - 1) * k: t * k] = True
     past = {"q": [net.q.A[j].detach() for j in range(slot)], "v": [net.v.A[j].detach() for j in range(slot)]}
-    gen = torch.Generator().manual_seed(s.seed * 1_000_003 + 10_007 * t + 101 * r + c)
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([s.seed, t, r, c]).generate_state(1)[0]))
     frozen = net.centres.detach()[~current].clone()  # earlier and later classes' prototypes stay (weight decay too)
     losses = []
     for _ in range(s.local_epochs if len(idx) else 0):
