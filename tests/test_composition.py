@@ -110,6 +110,14 @@ def test_the_cluster_command_takes_k_auto_and_a_list(tmp_path, capsys):
     rec = json.loads(out.strip().splitlines()[-1])["cluster"]
     assert rec["k"] == 4 and [r["k"] for r in rec["k_report"]["rows"]] == [2, 4, 6]  # the data holds 4 centres
     assert "<- chosen" in out and "what the clusters hold" in out
+    auto = str(tmp_path / "pool-auto")  # `--k auto`: the default candidates, the same pick
+    assert cli.main(["add", "--pool", auto, "--data", str(tmp_path / "taskA.jsonl"), "--source", "taskA"]) == 0
+    assert cli.main(["features", "--pool", auto, "--from", str(tmp_path / "features.npz")]) == 0
+    capsys.readouterr()
+    assert cli.main(["cluster", "--pool", auto, "--k", "auto"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cluster"]
+    ks = [r["k"] for r in rec["k_report"]["rows"]]
+    assert rec["k"] == 4 and len(ks) > 3 and ks[0] == 2 and 4 in ks
     with pytest.raises(SystemExit):  # argparse's usage error
         cli.main(["cluster", "--pool", pool, "--k", "many"])
     assert "expected an int, 'auto' or a list" in capsys.readouterr().err

@@ -102,6 +102,11 @@ def test_multi_image_records_are_validated_and_encoded_image_by_image(tmp_path):
     assert why["s"].startswith("image count") and why["m"].startswith("missing image") and "gone.png" in why["m"]
     enc = Encoder(tokenizer=word_tokenizer(), image_token_id=IMAGE_TOKEN, image_tokens=4, image_size=16,
                   image_root=tmp_path)
+    from adaptinf_fast.data.encoder import ItemError
+
+    for bad in (short, {**good, "image": ["a.png", "b.png", "a.png"]}):  # encoded directly: refused too
+        with pytest.raises(ItemError, match="placeholder"):
+            enc.encode(bad)
     item = enc.encode(good)
     assert (item["input_ids"] == IMAGE_TOKEN).sum() == 8 and item["pixel_values"].shape == (2, 3, 16, 16)
     from adaptinf_fast.data.encoder import collate
@@ -119,7 +124,12 @@ def test_an_original_llava_checkpoint_is_refused_with_how_to_convert_it(tmp_path
 
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava",
                                                        "mm_vision_tower": "openai/clip-vit-large-patch14-336"}))
-    with pytest.raises(ValueError, match="convert_llava_weights_to_hf"):
+    with pytest.raises(ValueError, match="src/transformers/models/llava/convert_llava_weights_to_hf.py") as err:
         check_loadable(tmp_path)
+    import importlib.util
+    import re
+
+    for module in re.findall(r"python -m ([\w.]+)", str(err.value)):  # a command we print must exist here
+        assert importlib.util.find_spec(module) is not None, module
     with pytest.raises(ValueError, match="original LLaVA checkpoint"):
         ModelSettings(base=str(tmp_path))

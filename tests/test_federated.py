@@ -251,6 +251,8 @@ def test_disco_with_selection_on_every_client_resumes_after_kills_to_the_same_re
                     for s in map(int, json.loads((folder / "stages.json").read_text())))
         assert sum(pool.counts().values()) == given
         assert len(pool.ids()) <= 6  # the pool budget
+        resumed = PoolStore(cut / "clients" / f"c{c:03d}" / "pool")  # the killed client's pool ends the same
+        assert resumed.rows == pool.rows, c
 
 
 def test_disco_over_flower_equals_the_in_process_engine(fed_setting):

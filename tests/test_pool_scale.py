@@ -127,7 +127,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
 
     pool, cfg = PoolStore(sys.argv[1]), StageConfig.model_validate_json(sys.argv[2])
     out = {}
-    for step in ("cluster", "select", "prune"):
+    for step in (sys.argv[3].split(",") if len(sys.argv) > 3 else ("cluster", "select", "prune")):
         base, peak, done = anon(), [0], [False]
         def watch():
             while not done[0]:
@@ -181,6 +181,45 @@ def test_a_pool_far_larger_than_the_memory_budget_runs_inside_it(tmp_path):
         assert peak < on_disk, (step, peak)  # nothing held the features whole, not even in 16 bits
     pool.reload()
     assert pool.counts()["pruned"] == n - 180_000
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from /proc")
+def test_a_selection_that_prunes_first_stays_inside_the_budget_too(tmp_path):
+    """`method: semdedup` runs a whole-pool max-similarity pass inside `select`: with 512 rows in
+    memory its peak stays within the select estimate (with the prune working set) and below a float32
+    copy of the features (unbounded, one group held the whole pool: ~5x more), and it keeps the ids of
+    the unbounded pass."""
+    from adaptinf_fast.lifelong import StageConfig
+    from adaptinf_fast.lifelong.memory import estimate
+
+    n, d, k = 40_000, 2048, 4
+    rng = np.random.default_rng(1)
+    feats = (rng.standard_normal((k, d)) * 3)[np.arange(n) % k] + rng.standard_normal((n, d))
+    feats[n // 2 : n // 2 + 500] = feats[:500]  # planted duplicates
+    feats = feats.astype(np.float16)
+    ids = np.array([f"s{i}" for i in range(n)])
+    np.savez(tmp_path / "features.npz", ids=ids, features=feats, score_ppl=rng.gamma(2.0, size=n).astype(np.float32))
+    with open(tmp_path / "data.jsonl", "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"s{i}", "conversations": [{"from": "human", "value": "q"},
+                                                                 {"from": "gpt", "value": "a"}]}) + "\n")
+    cfg = StageConfig(stage=1, data=str(tmp_path / "data.jsonl"), source="big", features_from=str(tmp_path / "features.npz"),
+                      k=k, budget=1_000, method="semdedup", eps=0.05, scores=["ppl"], rows_in_memory=512)
+    pool = PoolStore(tmp_path / "pool", create=True)
+    run_steps(cfg, Context(pool, progress=False), ("add", "features", "cluster"), POOL_STEPS)
+    res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(pool.root), cfg.model_dump_json(), "select"],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    peak = json.loads(res.stdout.strip().splitlines()[-1])["select"]
+    est = estimate(n, d, k, largest_cluster=n // k, storage_bytes=2, chunk_rows=512, max_rows=512, scores=1,
+                   select_prunes=True)
+    assert peak < 1.5 * est["select"] + (32 << 20) and peak < n * d * 4, (peak, est["select"])  # no float32 copy
+    sd = StageDir(pool, 1)
+    gen = lambda: torch.Generator().manual_seed(cfg.seed * 1_000_003 + 1)  # noqa: E731  the step's generator
+    want, info = select_subset(torch.from_numpy(feats), sd.labels(), {}, method="semdedup", budget=1_000,
+                               generator=gen(), eps=0.05)
+    assert info["semdedup_kept"] <= n - 500
+    assert json.loads(sd.selection_json.read_text())["ids"] == [f"s{i}" for i in want.tolist()]
 
 
 # ---- pruning across ranks ---------------------------------------------------------------------------

@@ -44,6 +44,23 @@ def test_grounding_boxes_in_llava_and_qwen_formats():
     assert per == [1.0]
 
 
+def test_grounding_in_absolute_pixels(tmp_path):
+    """Qwen2.5-VL's answers: absolute pixel boxes in JSON, read against the record's image size."""
+    from PIL import Image
+
+    pred = '```json\n[{"bbox_2d": [64, 96, 320, 288], "label": "cat"}]\n```'
+    assert scoring.parse_box(pred, (640, 480)) == (0.1, 0.2, 0.5, 0.6)
+    rec = {"box": [0.1, 0.2, 0.5, 0.6], "image_size": [640, 480]}
+    assert scoring.score_task("grounding_pixels", [pred], ["x"], [rec])[1] == [1.0]
+    assert scoring.score_task("grounding", [pred], ["x"], [rec])[1] == [0.0]  # on the 0..1000 grid it misses
+    Image.new("RGB", (640, 480)).save(tmp_path / "im.png")  # no image_size: the image file's own size
+    rec = {"image": [str(tmp_path / "im.png")], "conversations": []}
+    assert scoring.score_task("grounding_pixels", [pred], ['{"bbox_2d": [70, 90, 320, 290]}'], [rec])[1] == [1.0]
+    assert scoring.score_task("grounding_pixels", ["[0, 0, 64, 48]"], ['[64, 96, 320, 288]'], [rec])[1] == [0.0]
+    with pytest.raises(ValueError, match="image_size"):
+        scoring.score_task("grounding_pixels", [pred], ["x"], [{"id": "a", "box": [0, 0, 1, 1]}])
+
+
 def test_score_task_dispatch_and_unknown_metric():
     score, per, _ = scoring.score_task("vqa", ["2", "red"], ["2", "red"], [{"answers": ["2"] * 3}, {}])
     assert per == [1.0, pytest.approx(1 / 3)] and score == pytest.approx((1 + 1 / 3) / 2)

@@ -91,10 +91,16 @@ def test_strategy_runs_resumes_after_a_kill_and_deploys_its_definition(setting, 
     assert res["strategy"] == strategy and len(res["accuracy"]) == 3
     check_definition(strategy, whole, res, base)
 
-    real_eval = run_module.evaluate
+    real_eval, real_train = run_module.evaluate, run_module.train_lora
     out = root / f"resumed-{strategy.replace(':', '-')}"
-    crashed = []
+    crashed, train_crashed = [], []
     marker = "deployed" if strategy.startswith("merge:") else "router.pt"
+
+    def crashing_train(*args, **kwargs):  # dies after the first optimizer step of stage 2's training
+        if not train_crashed and kwargs["ckpt_dir"].parent.name == "stage-002":
+            train_crashed.append(1)
+            kwargs["_stop_after_step"] = 1
+        return real_train(*args, **kwargs)
 
     def crashing_eval(*args, **kwargs):  # dies in stage 2's evaluation, after its model was deployed
         if not crashed and (out / "pool" / "stages" / "stage-002" / marker).exists():
@@ -103,10 +109,12 @@ def test_strategy_runs_resumes_after_a_kill_and_deploys_its_definition(setting, 
         return real_eval(*args, **kwargs)
 
     monkeypatch.setattr(run_module, "evaluate", crashing_eval)
-    with pytest.raises(KeyboardInterrupt):
-        LifelongRun(out, tasks, cfg, loader(base), progress=False, say=lambda s: None).run()
+    monkeypatch.setattr(run_module, "train_lora", crashing_train)
+    for _ in range(2):  # killed inside stage 2's training, then in its evaluation after the deploy
+        with pytest.raises(KeyboardInterrupt):
+            LifelongRun(out, tasks, cfg, loader(base), progress=False, say=lambda s: None).run()
     again = LifelongRun(out, tasks, cfg, loader(base), progress=False, say=lambda s: None).run()
-    assert crashed and state(out) == state(whole)
+    assert crashed and train_crashed and state(out) == state(whole)
     assert again["accuracy"] == res["accuracy"]
 
 

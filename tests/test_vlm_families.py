@@ -6,6 +6,8 @@ LoRA targets are the language model's projections only."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -69,6 +71,8 @@ def test_default_lora_targets_are_the_language_models_projections(setup):
     assert {n.split(".")[-1] for n in lora} <= set(LLM_PROJECTIONS)
     d = describe(folder)  # the same targets, counted on a meta-device copy of the bare model
     assert d["processor"] and d["lora_layers"] == len(lora) and d["vision_layers_targeted"] == 0
+    # the image-token policy as probed through the processor: fixed for LLaVA-1.5 and Gemma 3 only
+    assert ("the same for both probes" in d["image_tokens"]) == (family in ("llava", "gemma3")), d["image_tokens"]
 
 
 def test_info_model_says_family_processor_and_lora_targets(setup, capsys):
@@ -81,6 +85,23 @@ def test_info_model_says_family_processor_and_lora_targets(setup, capsys):
     assert "in the vision tower" not in out["LoRA"], family
 
 
+def batch1_feature(model, enc, rec):
+    """(the record's feature by plain autograd on a batch of one: the flattened LoRA gradient of its
+    mean answer-token loss, projected by the torch reference and normalised; that loss)."""
+    params = [p for t in af.features.find_lora_targets(model, "all") for _, p in t.params]
+    model.eval()
+    batch = enc.collate([enc.encode(rec)])
+    target = batch["labels"][0, 1:]
+    resp = target != -100
+    with torch.enable_grad():
+        for p in params:
+            p.requires_grad_(True)
+        logits = model(**model_inputs(batch, model)).logits[0, :-1].float()
+        loss = F.cross_entropy(logits[resp], target[resp])
+        flat = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+    return F.normalize(af.project(flat[None], OUT, backend="torch"), dim=1)[0], loss.detach()
+
+
 def test_per_sample_features_of_a_mixed_batch_equal_batch_1_autograd(setup, images):
     family, _, model, tok, processor = setup
     recs = records(images)
@@ -89,19 +110,8 @@ def test_per_sample_features_of_a_mixed_batch_equal_batch_1_autograd(setup, imag
     fs = fz.extract(recs, batch_size=3, progress=False)
     assert fs.ids == [r["id"] for r in recs], fs.skipped
     enc = Encoder.for_model(model, tok, image_processor=processor)
-    params = [p for t in af.features.find_lora_targets(model, "all") for _, p in t.params]
-    model.eval()
     for i, rec in enumerate(recs):
-        batch = enc.collate([enc.encode(rec)])
-        target = batch["labels"][0, 1:]
-        resp = target != -100
-        with torch.enable_grad():
-            for p in params:
-                p.requires_grad_(True)
-            logits = model(**model_inputs(batch, model)).logits[0, :-1].float()
-            loss = F.cross_entropy(logits[resp], target[resp])
-            flat = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
-        want = F.normalize(af.project(flat[None], OUT, backend="torch"), dim=1)[0]
+        want, loss = batch1_feature(model, enc, rec)
         torch.testing.assert_close(fs.features[i], want, rtol=1e-4, atol=3e-5, msg=f"{family} {rec['id']}")
         assert fs.scores["ppl"][i].item() == pytest.approx(float(loss.exp()), rel=1e-4)
 
@@ -129,7 +139,7 @@ def test_batched_left_padded_generate_equals_one_by_one(setup, images):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", [f for f in ("qwen2_5_vl", "idefics3") if f in FAMILIES])
+@pytest.mark.parametrize("family", [f for f in ("qwen2_5_vl", "llava_onevision", "idefics3", "gemma3") if f in FAMILIES])
 def test_the_lifelong_loop_runs_from_a_run_config(family, tmp_path, capsys):
     """The README's `adaptinf-fast run --config`: two stages (a single-image task, then a two-image
     one) through features, clusters, selection, training, evaluation and pruning."""
@@ -153,3 +163,127 @@ def test_the_lifelong_loop_runs_from_a_run_config(family, tmp_path, capsys):
     assert summary["tasks"] == ["colours", "pairs"] and len(summary["accuracy"]) == 3
     assert [s["trained_on"] for s in summary["stages"]] == [8, 8] and summary["final_pool"] <= 14
     assert "wrote" in capsys.readouterr().out
+
+
+def _ppl(model, batch, mean_of_exp: bool = False) -> float:
+    """exp(mean ℓ) over the answer tokens, or the release's mean exp(ℓ)."""
+    target = batch["labels"][0, 1:]
+    resp = target != -100
+    with torch.no_grad():
+        logits = model(**model_inputs(batch, model)).logits[0, :-1].float()
+    nll = F.cross_entropy(logits[resp], target[resp], reduction="none")
+    return float(nll.exp().mean() if mean_of_exp else nll.mean().exp())
+
+
+@pytest.mark.parametrize("rules", ["adaptinf", "release"])
+def test_image_grounding_score_follows_its_definition(setup, images, rules):
+    """ig = ppl without the image / ppl with it, per sample of a mixed batch, with the processor's
+    extra inputs carried (ours drops the image tokens; the release zeroes the pixels); 1 for a
+    text-only sample; the image must change the answer's likelihood (it reaches the LM). The
+    release divides exp(mean ℓ) without the image by its own ppl with it, mean exp(ℓ)."""
+    family, _, model, tok, processor = setup
+    recs = records(images)
+    fz = af.GradientFeaturizer(model, layers="last", out_dim=OUT, tokenizer=tok, image_processor=processor,
+                               scores=("ppl", "ig"), rules=rules)
+    fs = fz.extract(recs, batch_size=3, progress=False)
+    assert fs.ids == [r["id"] for r in recs], fs.skipped
+    enc = Encoder.for_model(model, tok, image_processor=processor)
+    model.eval()
+    for i, rec in enumerate(recs):
+        batch = enc.collate([enc.encode(rec)])
+        with_image = _ppl(model, batch, mean_of_exp=rules == "release")
+        if "image" not in rec:
+            want = 1.0
+        elif rules == "release":
+            blank = torch.zeros_like(batch["pixel_values"])
+            if family in ("idefics3", "smolvlm"):  # an all-zero image is batch padding to these models
+                blank += torch.finfo(blank.dtype).tiny
+            want = _ppl(model, {**batch, "pixel_values": blank}) / with_image
+        else:
+            keep = batch["input_ids"][0] != enc.image_token_id
+            want = _ppl(model, {"input_ids": batch["input_ids"][:, keep], "labels": batch["labels"][:, keep],
+                                "attention_mask": batch["attention_mask"][:, keep]}) / with_image
+        got = fs.scores["ig"][i].item()
+        assert got == pytest.approx(want, rel=1e-4), (family, rules, rec["id"])
+        assert ("image" not in rec) or abs(got - 1) > 1e-6, (family, rules, rec["id"])
+
+
+def test_labels_are_the_answers_only(setup, images):
+    """Answer-only labels from the rendered template: the labelled tokens decode to every assistant
+    turn's answer followed by the end of turn, nothing of the prompt or the images."""
+    family, _, model, tok, processor = setup
+    enc = Encoder.for_model(model, tok, image_processor=processor)
+    for rec in records(images):
+        labels = enc.encode(rec)["labels"]
+        answers = [t["value"] for t in rec["conversations"] if t["from"] == "gpt"]
+        got = tok.decode(labels[labels != -100].tolist()).split()
+        assert got == " </s> ".join(answers + [""]).split(), (family, rec["id"], got)
+
+
+@pytest.mark.skipif("qwen2_5_vl" not in FAMILIES, reason="needs torchvision")
+def test_a_processor_that_does_not_load_is_an_error_not_a_silent_fallback(tmp_path):
+    from adaptinf_fast.lifelong.models import processor_for
+
+    folder = build("qwen2_5_vl", tmp_path / "m")
+    assert processor_for(folder) is not None
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        if (folder / name).exists():
+            (folder / name).write_text("{ broken")
+    with pytest.raises(ValueError, match="processor does not load"):
+        processor_for(folder)
+
+
+@pytest.fixture(scope="module")
+def text_lm(tmp_path_factory):
+    """A tiny Llama causal LM folder (config, weights, word-level tokenizer with the chat template)."""
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tiny_vlms import tokenizer
+
+    folder = tmp_path_factory.mktemp("llama")
+    tok = tokenizer("llava")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    model, tok, processor = base_loader({"base": str(folder), "device": "cpu"})()
+    assert processor is None
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0).peft_config(model)
+    lora.init_lora_weights = False
+    return folder, get_peft_model(model, lora), tok
+
+
+def test_a_text_only_causal_lm_is_a_family_too(text_lm, images, capsys):
+    """The four per-model checks on a plain causal LM (text records only): default LoRA targets are
+    every projection, features = batch-1 autograd, a training step moves the adapter only, batched
+    left-padded generate = one by one; `info --model` says text only."""
+    from peft.tuners.lora import LoraLayer
+
+    from adaptinf_fast import cli
+
+    folder, model, tok = text_lm
+    lora = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    assert lora == set(LLM_PROJECTIONS)
+    assert cli.main(["info", "--model", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^image tokens +text only$", out, re.M) and re.search(r"^processor +none$", out, re.M), out
+    recs = [r for r in records(images) if "image" not in r] + [
+        {"id": "turns", "conversations": [{"from": "human", "value": "how many circles ?"}, {"from": "gpt", "value": "two"},
+                                          {"from": "human", "value": "what colour is it ?"}, {"from": "gpt", "value": "red"}]}]
+    fz = af.GradientFeaturizer(model, layers="all", out_dim=OUT, tokenizer=tok, scores=("ppl",))
+    fs = fz.extract(recs, batch_size=2, progress=False)
+    enc = Encoder.for_model(model, tok)
+    for i, rec in enumerate(recs):
+        torch.testing.assert_close(fs.features[i], batch1_feature(model, enc, rec)[0], rtol=1e-4, atol=3e-5,
+                                   msg=rec["id"])
+    assert greedy_answers(model, enc, recs, max_new_tokens=4) == [greedy_answers(model, enc, [r], max_new_tokens=4)[0]
+                                                                  for r in recs]
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    res = train_lora(model, [enc.encode(r) for r in recs], TrainConfig(lr=1e-2, epochs=1, batch_size=2, log="none"),
+                     progress=False, collate_fn=enc.collate)
+    assert np.isfinite(res["losses"]).all()
+    moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert moved and all("lora_" in n for n in moved)

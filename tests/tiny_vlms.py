@@ -459,6 +459,10 @@ def build(name: str, folder: str | Path, seed: int = 0) -> Path:
     cfg, proc = _BUILDERS[name](tok)
     torch.manual_seed(seed)
     model = getattr(transformers, fam.model_class)(cfg).float()
+    with torch.no_grad():  # Gemma 3 initialises its image projection to zeros: the image would never reach the LM
+        for pname, p in model.named_parameters():
+            if pname.endswith("mm_input_projection_weight"):
+                p.normal_(0.0, p.shape[0] ** -0.5)
     gen = model.generation_config
     gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
     model.save_pretrained(folder)

@@ -137,6 +137,9 @@ class Encoder:
             raise ItemError("record has <image> but no 'image' path (or list of paths)")
         if len(paths) < n:
             raise ItemError(f"record has {n} <image> placeholders but {len(paths)} image path(s)")
+        total = sum(str(t.get("value", "")).count(IMAGE_PLACEHOLDER) for t in rec.get("conversations") or turns)
+        if len(paths) > max(n, total):  # ``turns`` may be a prefix (a prompt): its images come first
+            raise ItemError(f"record has {len(paths)} image paths but {max(n, total)} <image> placeholder(s)")
         return paths[:n]
 
     def _pixels(self, paths: list[str]) -> torch.Tensor:

@@ -30,6 +30,19 @@ def _dist():
     return None
 
 
+def blank_images(kwargs: dict) -> torch.Tensor:
+    """The release's image ablation: every pixel 0 (after normalisation: the mean colour). Idefics3 /
+    SmolVLM (the models given a ``pixel_attention_mask``) take an all-zero image for batch padding and
+    drop it, so there a real image's pixels become the smallest normal float instead: the same blank
+    image to the vision tower's arithmetic, still counted as an image."""
+    pv = kwargs["pixel_values"]
+    blank = torch.zeros_like(pv)
+    if "pixel_attention_mask" in kwargs and pv.dim() >= 4:
+        real = pv.flatten(-3).ne(0).any(-1)  # (B, images): the padding images stay all zero
+        blank[real] = torch.finfo(pv.dtype).tiny
+    return blank
+
+
 class GradientFeaturizer:
     """Per-sample gradient features of a PEFT LoRA model, plus the per-sample scores of DESIGN §4.4.
 
@@ -181,7 +194,7 @@ class GradientFeaturizer:
             else:
                 feats, sq = None, self._to_buffer(capture, grads, attn.bool(), buffer)
             if "ig" in self.scores:
-                scores["ig"] = self._image_grounding(ids, labels, attn, kwargs.get("pixel_values"), scores["ppl"])
+                scores["ig"] = self._image_grounding(kwargs, labels, scores["ppl"])
         finally:
             model.train(was_training)
         scores["grand"] = sq.sqrt()
@@ -242,9 +255,11 @@ class GradientFeaturizer:
         return acc, sq
 
     @torch.no_grad()
-    def _image_grounding(self, ids, labels, attn, pixel_values, ppl_with) -> torch.Tensor:
+    def _image_grounding(self, kwargs: dict, labels, ppl_with) -> torch.Tensor:
         """ppl without the image / ppl with it; text-only samples get 1 (DESIGN §4.4). Ours removes
-        the image tokens; the release's (``rules="release"``) keeps them and zeroes the pixels."""
+        the image tokens; the release's (``rules="release"``) keeps them and zeroes the pixels (the
+        processor's other inputs, e.g. ``image_grid_thw``, ``pixel_attention_mask``, unchanged)."""
+        ids, attn, pixel_values = kwargs["input_ids"], kwargs["attention_mask"], kwargs.get("pixel_values")
         ig = torch.ones_like(ppl_with)
         image_id = self.encoder.image_token_id
         if pixel_values is None or image_id is None:
@@ -253,7 +268,7 @@ class GradientFeaturizer:
         if not has_image.any():
             return ig
         if self.rules == "release":
-            out = self.model(input_ids=ids, attention_mask=attn, pixel_values=torch.zeros_like(pixel_values), use_cache=False)
+            out = self.model(**{**kwargs, "pixel_values": blank_images(kwargs)}, use_cache=False)
             nll, resp, _ = token_stats(out.logits, labels)
             ppl_without = mean_over_response(nll, resp).exp()
             ig[has_image] = ppl_without[has_image] / ppl_with[has_image]

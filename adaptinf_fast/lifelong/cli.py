@@ -270,7 +270,10 @@ def memory_outlook(pool: PoolStore) -> None:
     k = len(sizes)
     largest = math.ceil(max(sizes) * n / max(sum(sizes), 1))
     rows = last.get("cluster", {}).get("rows_in_memory")
-    est = estimate(n, d, k, largest_cluster=largest, storage_bytes=storage, chunk_rows=rows, max_rows=rows)
+    sel = last.get("select", {})  # a selection that prunes first needs the prune step's working set too
+    select_prunes = sel.get("method") == "semdedup" or "selected_from" in sel
+    est = estimate(n, d, k, largest_cluster=largest, storage_bytes=storage, chunk_rows=rows, max_rows=rows,
+                   select_prunes=select_prunes)
     print(f"memory estimate for the next stage at N {n:,} (before its new data), D {d}, K {k}, largest cluster "
           f"~{largest:,}; features on disk {format_bytes(n * d * storage)}, never loaded whole:")
     print("  " + ", ".join(f"{step} {format_bytes(b)}" for step, b in est.items())

@@ -16,7 +16,9 @@ min(N, ``max_rows``) rows; when the largest cluster n_max is larger, max(512, ``
   m · D · (s + 8) + (2 + ln K) · m · 8.
   On a GPU the first two terms live in host memory, the rest in device memory.
 * select: O(N) scalars: 8 N per score (float64) + 16 N (labels, order) — S · 8 N + 16 N — and
-  the new manifest (select and prune write a new manifest).
+  the new manifest (select and prune write a new manifest). A selection that prunes first
+  (``method: semdedup``, or ``rules: release`` with ``prune_mode: budget``: ``select_prunes``) adds
+  the prune step's working set below.
 * prune: the within-cluster order (two passes over chunks of o = min(``max_rows``, 64 MiB / 4D)
   rows: o · D · (s + 8) and centroid sums K · D · 8) and 40 N for order, results and the
   cluster-major permutation; one group of g rows
@@ -47,7 +49,7 @@ ORDER_CHUNK_BYTES = 64 << 20  # ops.dedup: float32 bytes of one chunk of the ord
 
 def estimate(n: int, d: int, k: int, *, largest_cluster: int | None = None, storage_bytes: int = 2,
              chunk_rows: int | None = None, max_rows: int | None = None, scores: int = 5,
-             shard_size: int = 4096) -> dict[str, int]:
+             shard_size: int = 4096, select_prunes: bool = False) -> dict[str, int]:
     """Peak bytes each step allocates (see the module docstring), plus ``manifest``."""
     c = min(n, chunk_rows or max(1, CHUNK_BYTES // (4 * max(d, 1))))
     n_max = largest_cluster if largest_cluster is not None else n
@@ -64,7 +66,7 @@ def estimate(n: int, d: int, k: int, *, largest_cluster: int | None = None, stor
     manifest = MANIFEST_BYTES_PER_SAMPLE * n
     held = manifest + BOOKKEEPING_BYTES_PER_SAMPLE * n  # what every step reading the stage holds besides its work
     return {"features": shard_size * d * 4 + manifest + held, "cluster": cluster + held + STEP_IMPORTS,
-            "select": scores * 8 * n + 16 * n + manifest + held, "prune": prune + manifest + held, "manifest": manifest}
+            "select": scores * 8 * n + 16 * n + (prune if select_prunes else 0) + manifest + held, "prune": prune + manifest + held, "manifest": manifest}
 
 
 def format_bytes(b: float) -> str:

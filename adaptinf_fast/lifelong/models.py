@@ -22,10 +22,13 @@ LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 VISION_PARTS = ("vision", "visual", "image_newline", "multi_modal_projector", "mm_projector", "connector", "merger",
                 "patch_embed")
 CONVERT_LLAVA = ("this folder is an original LLaVA checkpoint (the Adapt-∞ release's format, liuhaotian/llava-v1.5-*), "
-                 "which transformers does not load: convert it with transformers' own script, e.g. `python -m "
-                 "transformers.models.llava.convert_llava_weights_to_hf --text_model_id lmsys/vicuna-7b-v1.5 "
-                 "--vision_model_id openai/clip-vit-large-patch14-336 --old_state_dict_id <this checkpoint> "
-                 "--output_hub_path <new folder>`, and point the config at the converted folder")
+                 "which transformers does not load. The released bases exist converted: llava-hf/llava-1.5-7b-hf, "
+                 "llava-hf/llava-1.5-13b-hf. Convert any other (e.g. a fine-tuned stage) with transformers' own script, "
+                 "which is in its source tree, not in the pip package: from a clone of github.com/huggingface/transformers "
+                 "at your installed version, `python src/transformers/models/llava/convert_llava_weights_to_hf.py "
+                 "--text_model_id lmsys/vicuna-7b-v1.5 --vision_model_id openai/clip-vit-large-patch14-336 "
+                 "--old_state_dict_id <this checkpoint's Hub id> --output_hub_path <your-org/new-name>` (it reads from and "
+                 "writes to the Hugging Face Hub); download the result to a folder and point the config at it")
 
 
 def check_loadable(folder: str | Path) -> None:
@@ -61,9 +64,19 @@ def processor_for(folder: str | Path) -> Any:
 
     try:
         proc = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
+    except (OSError, ValueError, TypeError, KeyError, ImportError) as exc:
+        model_type = _model_type(folder)
+        if model_type in (None, "llava"):  # LLaVA-1.5 with a bare image processor: the built-in expansion
+            return None
+        raise ValueError(f"{folder}: the {model_type} model's processor does not load ({type(exc).__name__}: {exc}); "
+                         "its images cannot be encoded without it (Qwen2-VL-style processors need torchvision, "
+                         "SmolVLM's num2words: pip install torchvision num2words)") from exc
     return proc if is_processor(proc) else None
+
+
+def _model_type(folder: Path) -> str | None:
+    cfg = folder / "config.json"
+    return json.loads(cfg.read_text()).get("model_type") if cfg.exists() else None
 
 
 LLM_MLP = ("gate_proj", "up_proj", "down_proj")
@@ -147,6 +160,24 @@ def base_loader(model: dict) -> Callable[[], tuple[Any, Any]]:
     return load
 
 
+def _probe_image_tokens(processor, config) -> str:
+    """How many image tokens the processor gives images of two sizes: 'fixed' or 'per image size'."""
+    from ..data.processor import ProcessorCodec, _probe_image
+
+    image_id = getattr(config, "image_token_id", None)
+    if image_id is None:
+        image_id = getattr(config, "image_token_index", None)
+    codec = ProcessorCodec(processor)
+    sizes = ((28, 28), (112, 28))  # (width, height): a square and a wide image
+    try:
+        counts = [int((codec.process(codec.image_placeholder(), [_probe_image(28).resize(wh)])["input_ids"]
+                       == image_id).sum()) for wh in sizes]
+    except Exception as exc:  # a report line, never a failure of `info`
+        return f"token count not probed: {type(exc).__name__}"
+    kind = "the same for both probes" if counts[0] == counts[1] else "per image size"
+    return f"{kind}: a 28x28 image -> {counts[0]} tokens, 112x28 -> {counts[1]}"
+
+
 def describe(folder: str | Path) -> dict:
     """What ``adaptinf-fast info --model`` reports for a model folder: family, class, processor,
     the image-token policy and the default LoRA targets (counted on a meta-device copy)."""
@@ -169,7 +200,8 @@ def describe(folder: str | Path) -> dict:
     processor = processor_for(folder) if is_multimodal(config) else None
     if processor is not None:
         policy = (f"{type(processor).__name__}: renders with its chat template and expands each image itself "
-                  f"(placeholder {getattr(processor, 'image_token', '<image>')!r})")
+                  f"(placeholder {getattr(processor, 'image_token', '<image>')!r}; "
+                  f"{_probe_image_tokens(processor, config)})")
     elif is_multimodal(config):
         vision = config.vision_config
         policy = (f"no processor: <image> expands to (image_size / patch_size)^2 = "

@@ -18,7 +18,10 @@ Every metric maps a task's predictions and records to one score in [0, 1]:
 * ``grounding``: accuracy at IoU > 0.5 between the box in the prediction and the reference box (the
   record's ``box`` [x1, y1, x2, y2], else the one in its reference text); boxes as "[x1, y1, x2, y2]"
   (LLaVA, normalised to [0, 1]) or "(x1,y1),(x2,y2)" (Qwen's 0..1000 grid, with or without
-  ``<|box_start|>``); coordinates above 1 are read on the 0..1000 grid.
+  ``<|box_start|>``); coordinates above 1 are read on the 0..1000 grid;
+* ``grounding_pixels``: the same for absolute pixel coordinates (Qwen2.5-VL's ``{"bbox_2d": [x1, y1,
+  x2, y2]}``), divided by the record's ``image_size`` [width, height] (the size of the image the model
+  saw: for Qwen2.5-VL its processor's resized input), else by the record's image file's own size.
 """
 
 from __future__ import annotations
@@ -127,13 +130,17 @@ _BOX_LIST = re.compile(rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_N
 _BOX_PAIRS = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,?\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
 
 
-def parse_box(text: str) -> tuple[float, float, float, float] | None:
-    """The first box in a text, normalised to [0, 1] (values above 1: the 0..1000 grid)."""
+def parse_box(text: str, size: Sequence[float] | None = None) -> tuple[float, float, float, float] | None:
+    """The first box in a text, normalised to [0, 1]: divided by ``size`` (width, height) when given
+    (absolute pixels), else read as normalised, or on the 0..1000 grid when a value exceeds 1."""
     m = _BOX_LIST.search(text) or _BOX_PAIRS.search(text)
     if not m:
         return None
     box = [float(v) for v in m.groups()]
-    if max(box) > 1.0:
+    if size is not None:
+        w, h = (float(v) for v in size)
+        box = [box[0] / w, box[1] / h, box[2] / w, box[3] / h]
+    elif max(box) > 1.0:
         box = [v / 1000.0 for v in box]
     x1, y1, x2, y2 = box
     return (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
@@ -147,9 +154,26 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def grounding(prediction: str, reference_box: Sequence[float] | None) -> float:
-    pred = parse_box(prediction)
+def grounding(prediction: str, reference_box: Sequence[float] | None, size: Sequence[float] | None = None) -> float:
+    """1 when the prediction's box (``parse_box(prediction, size)``) overlaps the normalised reference at IoU > 0.5."""
+    pred = parse_box(prediction, size)
     return float(pred is not None and reference_box is not None and iou(pred, reference_box) > 0.5)
+
+
+def image_size(rec: dict) -> tuple[float, float]:
+    """(width, height) of the image a grounding record's pixel coordinates refer to: its ``image_size``,
+    else its (first) image file's size."""
+    size = rec.get("image_size")
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(float(v) > 0 for v in size):
+        return float(size[0]), float(size[1])
+    path = rec.get("image")
+    path = path[0] if isinstance(path, (list, tuple)) and path else path
+    if not path:
+        raise ValueError(f"record {rec.get('id')!r}: grounding_pixels needs its `image_size` [width, height] or an image")
+    from PIL import Image
+
+    with Image.open(path) as im:  # reads the header only
+        return float(im.width), float(im.height)
 
 
 # ---- captions (corpus level) -------------------------------------------------------------------------
@@ -212,9 +236,10 @@ def _answers(rec: dict, reference: str) -> list[str]:
     return [str(x) for x in a] if isinstance(a, list) and a else [reference]
 
 
-def _box(rec: dict, reference: str):
+def _box(rec: dict, reference: str, size: Sequence[float] | None = None):
+    """The record's reference box, normalised: its ``box`` (normalised), else the box in its reference text."""
     box = rec.get("box")
-    return tuple(float(v) for v in box) if isinstance(box, (list, tuple)) and len(box) == 4 else parse_box(reference)
+    return tuple(float(v) for v in box) if isinstance(box, (list, tuple)) and len(box) == 4 else parse_box(reference, size)
 
 
 PER_RECORD: dict[str, Callable[[str, str, dict], float]] = {
@@ -224,6 +249,7 @@ PER_RECORD: dict[str, Callable[[str, str, dict], float]] = {
     "multiple_choice": lambda p, ref, rec: multiple_choice(p, ref),
     "anls": lambda p, ref, rec: anls(p, _answers(rec, ref)),
     "grounding": lambda p, ref, rec: grounding(p, _box(rec, ref)),
+    "grounding_pixels": lambda p, ref, rec: grounding(p, _box(rec, ref, image_size(rec)), image_size(rec)),
 }
 CORPUS = ("caption",)
 METRICS = tuple(PER_RECORD) + CORPUS

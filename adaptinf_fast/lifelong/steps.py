@@ -325,11 +325,12 @@ def select(sd: StageDir, cfg: StageConfig, ctx: Context) -> Outcome:
         chosen, extra = release_subset(fs.features, labels, fs.scores, method=cfg.method, budget=budget,
                                        k=sd.n_clusters(), seed=cfg.seed, progress=ctx.progress,
                                        pool_budget=cfg.pool_budget if cfg.prune_mode == "budget" else None,
-                                       device=_compute_device())
+                                       device=_compute_device(), max_rows=cfg.rows_in_memory)
     else:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + sd.t)
         chosen, extra = select_subset(fs.features, labels, fs.scores, method=cfg.method, budget=budget,
-                                      generator=gen, score_order=cfg.scores, eps=cfg.eps, device=_compute_device())
+                                      generator=gen, score_order=cfg.scores, eps=cfg.eps, device=_compute_device(),
+                                      max_rows=cfg.rows_in_memory)
     info.update(extra)
     chosen_ids = [fs.ids[i] for i in sorted(chosen.tolist())]
     info["selected"] = len(chosen_ids)

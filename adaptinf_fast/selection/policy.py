@@ -28,12 +28,14 @@ def selection_scores(scores: Mapping[str, torch.Tensor], names: Sequence[str]) -
 
 def select_subset(features: torch.Tensor, labels: torch.Tensor, scores: Mapping[str, torch.Tensor], *,
                   method: str, budget: int, generator: torch.Generator, score_order: Sequence[str] = (),
-                  eps: float = 0.05, device: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
+                  eps: float = 0.05, device: Any = None, max_rows: int | None = None
+                  ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Indices of the training subset and what decided it.
 
     ``method``: ``"adaptinf"`` (selector per cluster by entropy, budget per cluster, CCS),
     ``"score:<name>"`` (that score everywhere), ``"random"``, ``"full"``, ``"semdedup"`` (random
-    among the samples SemDeDup keeps at ``eps``). ``budget`` is capped at the number of samples.
+    among the samples SemDeDup keeps at ``eps``; ``max_rows``: its rows resident at once, as in
+    ``prune_mask``). ``budget`` is capped at the number of samples.
     """
     n = features.shape[0]
     budget = min(budget, n)
@@ -43,7 +45,7 @@ def select_subset(features: torch.Tensor, labels: torch.Tensor, scores: Mapping[
     if method == "random":
         return torch.sort(torch.randperm(n, generator=generator)[:budget]).values, info
     if method == "semdedup":
-        kept = semdedup(features, labels, eps=eps, order="hard", device=device).cpu().nonzero().flatten()
+        kept = semdedup(features, labels, eps=eps, order="hard", device=device, max_rows=max_rows).cpu().nonzero().flatten()
         info["semdedup_kept"] = int(kept.numel())
         return torch.sort(kept[torch.randperm(kept.numel(), generator=generator)[:budget]]).values, info
     sel = selection_scores(scores, score_order or list(scores))
@@ -68,7 +70,8 @@ def select_subset(features: torch.Tensor, labels: torch.Tensor, scores: Mapping[
 
 def release_subset(features: torch.Tensor, labels: torch.Tensor, scores: Mapping[str, torch.Tensor], *,
                    method: str, budget: int, k: int, seed: int, pool_budget: int | None = None,
-                   progress: bool = False, device: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
+                   progress: bool = False, device: Any = None, max_rows: int | None = None
+                   ) -> tuple[torch.Tensor, dict[str, Any]]:
     """``select_subset`` under ``rules="release"``: the release's selection, ids for ids.
 
     As the release's script with ``--semdedup`` does, a pool larger than ``pool_budget`` is first
@@ -82,7 +85,7 @@ def release_subset(features: torch.Tensor, labels: torch.Tensor, scores: Mapping
     order = torch.arange(n)
     info: dict[str, Any] = {"rules": "release"}
     if pool_budget is not None and n > pool_budget:
-        kept, _ = release.prune(features, labels, k, pool_budget, progress=progress, device=device)
+        kept, _ = release.prune(features, labels, k, pool_budget, progress=progress, device=device, max_rows=max_rows)
         order = torch.from_numpy(kept)
         info["selected_from"] = int(kept.size)
     sel = release.scores_as_release(scores)

@@ -187,6 +187,7 @@ def semdedup(
     backend: str = "auto",
     distributed: bool = False,
     device: Any = None,
+    max_rows: int | None = None,
 ) -> torch.Tensor:
     """SemDeDup threshold pruning: drop sample j when M_j > 1 - eps (one kernel pass for all eps).
 
@@ -199,7 +200,8 @@ def semdedup(
         seed: seed of ``order="random"``.
         exact: decisions equal those of float32 arithmetic on the same input values (see
             ``cluster_max_similarity``); without it the Triton kernel's fp16-screened values decide.
-        nonfinite, backend, distributed, device: as in ``cluster_max_similarity`` (x may be a FeatureView).
+        nonfinite, backend, distributed, device, max_rows: as in ``cluster_max_similarity`` (x may be a
+            FeatureView; ``max_rows`` also bounds the chunks of the order pass).
 
     Returns:
         bool keep mask: (N,) for one eps, (len(eps), N) for a list.
@@ -210,9 +212,9 @@ def semdedup(
     if not isinstance(x, FeatureView):
         x = _validate.float_matrix(x, "x")
     if isinstance(order, str):
-        order = semdedup_order(x, labels, order, centroids=centroids, seed=seed)
+        order = semdedup_order(x, labels, order, centroids=centroids, seed=seed, chunk_rows=max_rows)
     m, _ = cluster_max_similarity(x, labels, order=order, exact=exact, nonfinite=nonfinite, backend=backend,
-                                  distributed=distributed, device=device)
+                                  distributed=distributed, device=device, max_rows=max_rows)
     keep = torch.stack([~(m > 1.0 - e) for e in eps_list])
     return keep if isinstance(eps, (list, tuple)) else keep[0]
 
