@@ -34,6 +34,12 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def config_image_token_id(cfg) -> int | None:
+    """The model config's image token id (``image_token_id``, or ``image_token_index`` in older configs)."""
+    image_id = getattr(cfg, "image_token_id", None)
+    return getattr(cfg, "image_token_index", None) if image_id is None else image_id
+
+
 def image_processor_for(folder: str | Path | None) -> Any:
     """The image processor saved with a model (``preprocessor_config.json``), or None."""
     if folder is None or not (Path(folder) / "preprocessor_config.json").exists():
@@ -82,10 +88,7 @@ class Encoder:
         if is_processor(image_processor):
             tok = tokenizer if tokenizer is not None else image_processor.tokenizer
             pad = getattr(tok, "pad_token_id", None)
-            image_id = getattr(cfg, "image_token_id", None)
-            if image_id is None:
-                image_id = getattr(cfg, "image_token_index", None)
-            return cls(tokenizer=tok, image_token_id=image_id, image_root=Path(image_root) if image_root else None,
+            return cls(tokenizer=tok, image_token_id=config_image_token_id(cfg), image_root=Path(image_root) if image_root else None,
                        max_length=max_length, on_overflow=on_overflow, pad_token_id=pad if pad is not None else 0,
                        codec=ProcessorCodec(image_processor))
         vision = getattr(cfg, "vision_config", None)

@@ -65,8 +65,9 @@ def estimate(n: int, d: int, k: int, *, largest_cluster: int | None = None, stor
     prune = order + 40 * n + g * d * (storage_bytes + 4 + 4) + ROW_TILE * COL_CHUNK * 4
     manifest = MANIFEST_BYTES_PER_SAMPLE * n
     held = manifest + BOOKKEEPING_BYTES_PER_SAMPLE * n  # what every step reading the stage holds besides its work
+    select = scores * 8 * n + 16 * n + (prune if select_prunes else 0)
     return {"features": shard_size * d * 4 + manifest + held, "cluster": cluster + held + STEP_IMPORTS,
-            "select": scores * 8 * n + 16 * n + (prune if select_prunes else 0) + manifest + held, "prune": prune + manifest + held, "manifest": manifest}
+            "select": select + manifest + held, "prune": prune + manifest + held, "manifest": manifest}
 
 
 def format_bytes(b: float) -> str:

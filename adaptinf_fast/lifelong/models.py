@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from ..data.encoder import image_processor_for
+from ..data.encoder import config_image_token_id, image_processor_for
 from ..data.processor import is_processor
 
 LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -161,12 +161,11 @@ def base_loader(model: dict) -> Callable[[], tuple[Any, Any]]:
 
 
 def _probe_image_tokens(processor, config) -> str:
-    """How many image tokens the processor gives images of two sizes: 'fixed' or 'per image size'."""
+    """How many image tokens the processor gives a square and a wide image: 'the same for both
+    probes' or 'per image size', with the counts."""
     from ..data.processor import ProcessorCodec, _probe_image
 
-    image_id = getattr(config, "image_token_id", None)
-    if image_id is None:
-        image_id = getattr(config, "image_token_index", None)
+    image_id = config_image_token_id(config)
     codec = ProcessorCodec(processor)
     sizes = ((28, 28), (112, 28))  # (width, height): a square and a wide image
     try:

@@ -242,6 +242,11 @@ def _box(rec: dict, reference: str, size: Sequence[float] | None = None):
     return tuple(float(v) for v in box) if isinstance(box, (list, tuple)) and len(box) == 4 else parse_box(reference, size)
 
 
+def _grounding_pixels(prediction: str, reference: str, rec: dict) -> float:
+    size = image_size(rec)  # the reference text's box, when it is the reference, is in the same pixels
+    return grounding(prediction, _box(rec, reference, size), size)
+
+
 PER_RECORD: dict[str, Callable[[str, str, dict], float]] = {
     "exact_match": lambda p, ref, rec: exact_match(p, ref),
     "first_word": lambda p, ref, rec: first_word_match(p, ref),
@@ -249,7 +254,7 @@ PER_RECORD: dict[str, Callable[[str, str, dict], float]] = {
     "multiple_choice": lambda p, ref, rec: multiple_choice(p, ref),
     "anls": lambda p, ref, rec: anls(p, _answers(rec, ref)),
     "grounding": lambda p, ref, rec: grounding(p, _box(rec, ref)),
-    "grounding_pixels": lambda p, ref, rec: grounding(p, _box(rec, ref, image_size(rec)), image_size(rec)),
+    "grounding_pixels": lambda p, ref, rec: _grounding_pixels(p, ref, rec),
 }
 CORPUS = ("caption",)
 METRICS = tuple(PER_RECORD) + CORPUS
