@@ -98,7 +98,7 @@ class Encoder:
             if getattr(cfg, "vision_feature_select_strategy", "default") == "full":
                 image_tokens += 1
         pad = getattr(tokenizer, "pad_token_id", None)
-        return cls(tokenizer=tokenizer, image_token_id=getattr(cfg, "image_token_id", None), image_tokens=image_tokens,
+        return cls(tokenizer=tokenizer, image_token_id=config_image_token_id(cfg), image_tokens=image_tokens,
                    image_size=getattr(vision, "image_size", None), image_root=Path(image_root) if image_root else None,
                    max_length=max_length, on_overflow=on_overflow, pad_token_id=pad if pad is not None else 0,
                    image_processor=image_processor)
